@@ -1,0 +1,7 @@
+"""clipsonic: text-to-audio synthesis learned from unlabeled videos through CLIP.
+
+A self-contained reimplementation of CLIPSonic (Dong et al., ICASSP 2023). Importing the
+package is cheap: it loads no weights, builds no extension and imports no Triton.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,113 @@
+"""Our checkpoint files: ``{format, version, config, state_dict, extra}``, safe to load.
+
+Files are written atomically (temporary file, fsync, rename) and read with
+``torch.load(weights_only=True)``, which refuses a pickle that would import or call anything
+but tensors and plain containers, without running it. Every error names the file and what is
+wrong with it, and `load_state_dict_strict` names each missing, unexpected or mis-shaped key.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipsonic.config import Config
+from clipsonic.errors import CheckpointError
+from clipsonic.fileio import atomic_path
+
+FORMAT_PREFIX = "clipsonic."
+_LISTED_KEYS = 8
+
+
+def save_checkpoint(path: str | os.PathLike, kind: str, config: Config | dict[str, Any],
+                    state_dict: dict[str, torch.Tensor], *, version: int = 1,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint of `kind` (e.g. ``"unet"``) atomically; returns the path.
+
+    `extra` holds anything else the reader needs (optimizer state, step, RNG state, mel
+    normalisation): only tensors, numbers, strings, lists and dicts, so it loads safely.
+    """
+    payload = {
+        "format": FORMAT_PREFIX + kind,
+        "version": int(version),
+        "config": config.to_dict() if isinstance(config, Config) else dict(config),
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in state_dict.items()},
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """`torch.load` that runs no pickled code; errors name the file and the reason."""
+    source = Path(path)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such checkpoint file")
+    try:
+        with warnings.catch_warnings():
+            # A foreign pickle protocol only draws a warning before the refusal we report.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        if "Weights only load failed" in text:
+            culprit = next((line.strip() for line in text.splitlines()
+                            if "GLOBAL" in line or "Unsupported" in line), "it references Python code")
+            raise CheckpointError(f"{source}: refused to load: unpickling it would run code "
+                                  f"({culprit})") from None
+        raise CheckpointError(f"{source}: not a PyTorch checkpoint ({text.splitlines()[0]})") from None
+    except Exception as error:  # torch raises many types on garbage; all mean the same here
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{source}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *,
+                    max_version: int | None = None) -> dict[str, Any]:
+    """Read one of our checkpoints; check its `kind` and that its version is not newer than `max_version`."""
+    payload = safe_torch_load(path)
+    source = Path(path)
+    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith(FORMAT_PREFIX):
+        raise CheckpointError(f"{source}: not a clipsonic checkpoint (no '{FORMAT_PREFIX}*' format field)")
+    missing = [key for key in ("version", "config", "state_dict") if key not in payload]
+    if missing:
+        raise CheckpointError(f"{source}: damaged clipsonic checkpoint (no {', '.join(missing)})")
+    found = payload["format"].removeprefix(FORMAT_PREFIX)
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{source}: is a {found} checkpoint, expected a {kind} checkpoint")
+    if max_version is not None and payload["version"] > max_version:
+        raise CheckpointError(f"{source}: {found} checkpoint version {payload['version']} is newer than "
+                              f"this clipsonic reads (up to {max_version}); upgrade clipsonic")
+    payload.setdefault("extra", {})
+    return payload
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LISTED_KEYS])
+    return shown + (f" and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else "")
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                           source: str | os.PathLike) -> None:
+    """Load every key, failing with a message naming missing, unexpected and mis-shaped keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [f"{name} {tuple(state_dict[name].shape)} vs model {tuple(tensor.shape)}"
+                  for name, tensor in expected.items()
+                  if name in state_dict and state_dict[name].shape != tensor.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_listed(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)

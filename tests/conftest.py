@@ -1,0 +1,38 @@
+"""Test markers and shared helpers: `slow` tests run in CI too; `cuda` tests need a GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_video(path: Path, *, seconds: float = 3.0, audio: bool = True, fps: int = 25,
+               size: str = "64x48", sample_rate: int = 16000, channels: int = 1,
+               video_codec: str = "libx264", audio_codec: str = "aac", extra: list[str] | None = None) -> Path:
+    """A small test video made with ffmpeg's lavfi sources (a test pattern and a 440 Hz sine)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg is not installed")
+    args = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate={fps}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={sample_rate}",
+                 "-ac", str(channels), "-c:a", audio_codec]
+    args += ["-t", f"{seconds}", "-c:v", video_codec, "-pix_fmt", "yuv420p", *(extra or []), str(path)]
+    subprocess.run(args, check=True)
+    return path

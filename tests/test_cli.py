@@ -1,0 +1,113 @@
+import hashlib
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from clipsonic import cli, manifest
+
+
+def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clipsonic", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def test_help_lists_only_built_commands():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    commands = done.stdout.split("positional arguments:")[1].split("options:")[0]
+    listed = {line.split()[0] for line in commands.splitlines() if line.startswith("    ")}
+    assert listed == {"weights"}
+
+
+def test_weights_list_shows_every_entry_with_source_and_licence(tmp_path):
+    done = run_cli("weights", "list", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    for entry in manifest.load_manifest().values():
+        assert entry.name in done.stdout and entry.source in done.stdout and entry.licence in done.stdout
+    assert "missing" in done.stdout and str(tmp_path) in done.stdout
+
+
+def test_shipped_manifest_is_complete():
+    entries = manifest.load_manifest()
+    assert {"clip-vit-l-14", "dalle2-prior-laion", "vggish"} <= set(entries)
+    for entry in entries.values():
+        assert entry.source.startswith("https://") and entry.licence
+        assert entry.sha256 is None or len(entry.sha256) == 64
+    assert entries["vggish"].sha256.startswith("10086976")  # torch.hub names carry the prefix
+
+
+def write_manifest(folder, **entries):
+    records = {name: {"kind": "test", "file": f"{name}.bin", "source": f"https://example.org/{name}.bin",
+                      "licence": "MIT", "description": "a test file", **record} for name, record in entries.items()}
+    path = folder / "manifest.json"
+    path.write_text(json.dumps({"version": 1, "weights": records}))
+    return path
+
+
+def test_verify_outcomes(tmp_path):
+    (tmp_path / "good.bin").write_bytes(b"good bytes")
+    (tmp_path / "bad.bin").write_bytes(b"tampered")
+    (tmp_path / "loose.bin").write_bytes(b"anything")
+    (tmp_path / "prefixed.bin").write_bytes(b"prefixed")
+    good_sha = hashlib.sha256(b"good bytes").hexdigest()
+    entries = manifest.load_manifest(write_manifest(
+        tmp_path, good={"sha256": good_sha}, bad={"sha256": good_sha}, loose={},
+        prefixed={"sha256_prefix": hashlib.sha256(b"prefixed").hexdigest()[:8]}, absent={"sha256": good_sha}))
+    results = {name: manifest.verify(entry, [tmp_path]) for name, entry in entries.items()}
+    assert {name: r.status for name, r in results.items()} == {
+        "good": "ok", "bad": "mismatch", "loose": "unpinned", "prefixed": "ok", "absent": "missing"}
+    assert hashlib.sha256(b"anything").hexdigest() in results["loose"].detail
+    assert results["bad"].failed and not results["loose"].failed
+
+
+def test_verify_cli_exit_codes(tmp_path):
+    (tmp_path / "ViT-L-14.pt").write_bytes(b"not the real CLIP")
+    done = run_cli("weights", "verify", "--dir", str(tmp_path))
+    assert done.returncode == 1
+    assert re.search(r"^clip-vit-l-14\s+mismatch\s+sha256 [0-9a-f]{64} but", done.stdout, re.M)
+    assert done.stderr.strip() == "clipsonic: error: 1 weight file(s) failed verification: clip-vit-l-14"
+    named_missing = run_cli("weights", "verify", "vggish", "--dir", str(tmp_path))
+    assert named_missing.returncode == 1 and "vggish" in named_missing.stderr
+    nothing_present = run_cli("weights", "verify", "--dir", str(tmp_path / "empty"))
+    assert nothing_present.returncode == 0
+
+
+@pytest.mark.parametrize("args,code,fragment", [
+    (["weights", "lst"], 2, "invalid choice: 'lst'"),
+    (["--dtype", "fp64", "weights", "list"], 2, "invalid choice: 'fp64'"),
+    (["weights", "verify", "nonesuch"], 1, "unknown weight name(s) nonesuch"),
+    (["--device", "tpu", "weights", "list"], 1, "--device tpu: expected auto, cpu, cuda, cuda:N or mps"),
+    (["weights", "list", "--threads", "0"], 1, "--threads 0: must be at least 1"),
+])
+def test_user_errors_are_one_line_without_traceback(args, code, fragment):
+    done = run_cli(*args)
+    assert done.returncode == code
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_debug_shows_the_traceback():
+    done = run_cli("--debug", "weights", "verify", "nonesuch")
+    assert done.returncode == 1 and "Traceback" in done.stderr
+
+
+def test_common_options_before_or_after_the_command(capsys):
+    assert cli.main(["--quiet", "weights", "list"]) == 0
+    assert cli.main(["weights", "list", "--seed", "3", "--threads", "1", "-v"]) == 0
+    assert "clip-vit-l-14" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "usage: clipsonic" in capsys.readouterr().err
+
+
+def test_library_never_imports_the_cli():
+    code = ("import sys, clipsonic, clipsonic.audio, clipsonic.media, clipsonic.checkpoint, clipsonic.manifest;"
+            "print('clipsonic.cli' in sys.modules, 'triton' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
