@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,15 +57,45 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         text = str(error)
-        if "Weights only load failed" in text:
-            culprit = next((line.strip() for line in text.splitlines()
-                            if "GLOBAL" in line or "Unsupported" in line), "it references Python code")
-            raise CheckpointError(f"{source}: refused to load: unpickling it would run code "
-                                  f"({culprit})") from None
-        raise CheckpointError(f"{source}: not a PyTorch checkpoint ({text.splitlines()[0]})") from None
+        culprit = _code_in_pickle(source) if "Weights only load failed" in text else None
+        if culprit is None and "GLOBAL" in text:
+            culprit = next(line.strip() for line in text.splitlines() if "GLOBAL" in line)
+        if culprit is not None:
+            raise CheckpointError(f"{source}: refused to load: unpickling it would run code ({culprit})") from None
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
+        raise CheckpointError(f"{source}: not a PyTorch checkpoint ({detail or 'unreadable pickle data'})") from None
     except Exception as error:  # torch raises many types on garbage; all mean the same here
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{source}: not a readable PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{source}: not a readable PyTorch checkpoint ({_first_line(str(error)) or type(error).__name__})") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _code_in_pickle(source: Path) -> str | None:
+    """For a bare pickle file: the first thing it would import or call, found by reading its
+    opcodes (nothing is executed); None when it imports and calls nothing, or is not a pickle."""
+    data = source.read_bytes()
+    if not data.startswith(b"\x80"):
+        return None
+    strings: list[str] = []
+    try:
+        for opcode, argument, _position in pickletools.genops(data):
+            if isinstance(argument, str):
+                strings = (strings + [argument])[-2:]
+            if opcode.name in _CODE_OPCODES:
+                if opcode.name == "GLOBAL":
+                    return f"imports {argument.replace(' ', '.')}"
+                if opcode.name == "STACK_GLOBAL" and len(strings) == 2:
+                    return f"imports {strings[0]}.{strings[1]}"
+                return f"pickle opcode {opcode.name}"
+    except (ValueError, pickle.UnpicklingError):
+        return None
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *,

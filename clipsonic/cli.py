@@ -86,6 +86,37 @@ def _add_weights(commands: argparse._SubParsersAction, common: argparse.Argument
     check.add_argument("--dir", type=Path, action="append", help=folder_help)
     check.set_defaults(handler=_weights_verify)
 
+    importer = actions.add_parser("import-clip", parents=[common], formatter_class=_formatter,
+                                  help="convert a CLIP checkpoint (OpenAI .pt, state dict, Hugging Face) to ours",
+                                  description="Read a CLIP checkpoint in any supported layout (OpenAI TorchScript "
+                                              "archive, OpenAI state dict, Hugging Face folder or file, ours), "
+                                              "write it as a clipsonic checkpoint and verify the copy.")
+    importer.add_argument("path", type=Path, help="checkpoint file or Hugging Face model folder")
+    importer.add_argument("-o", "--output", type=Path,
+                          help="where to write (default: clip-<name>.pt in the user weights folder)")
+    importer.set_defaults(handler=_weights_import_clip)
+
+
+def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    bench = commands.add_parser("bench", help="time our fast paths against their references",
+                                description="Time our fast paths against a reference measured in the same run; "
+                                            "prints a Markdown table (ratio > 1 means ours is faster).",
+                                formatter_class=_formatter)
+    targets = bench.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
+    clip = targets.add_parser("clip", parents=[common], formatter_class=_formatter,
+                              help="CLIP image encoding: eager fp32 against bf16/fp16",
+                              description="Time CLIP image encoding in float32 (the eager reference) and in "
+                                          "lower precision, with the cosine similarity of the outputs.")
+    clip.add_argument("--preset", default="paper", help="CLIP size when no checkpoint is given "
+                                                        "(paper = ViT-L/14, vit-b-32, tiny, ...); weights are random")
+    clip.add_argument("--checkpoint", type=Path, help="time this CLIP checkpoint instead of random weights")
+    clip.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes")
+    clip.add_argument("--compare", nargs="+", default=["bf16"], choices=["bf16", "fp16"],
+                      help="precisions to compare with the fp32 reference")
+    clip.add_argument("--repeat", type=int, default=3, help="timed runs per case (the median is reported)")
+    clip.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    clip.set_defaults(handler=_bench_clip)
+
 
 def build_parser() -> Parser:
     common = _common_options()
@@ -94,6 +125,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"clipsonic {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_weights(commands, common)
+    _add_bench(commands, common)
     return parser
 
 
@@ -135,6 +167,64 @@ def _weights_verify(args: argparse.Namespace) -> int:
         raise ClipsonicError(f"{len(failures)} weight file(s) failed verification: "
                              + ", ".join(r.entry.name for r in failures))
     return 0
+
+
+def _weights_import_clip(args: argparse.Namespace) -> int:
+    from clipsonic import clip, manifest
+
+    source = args.path
+    state, _, layout = clip.read_clip_weights(source)
+    model = clip.load_clip(source)
+    output = args.output or manifest.user_folder() / f"clip-{source.resolve().name.split('.')[0]}.pt"
+    clip.save_clip(output, model)
+    copy = clip.load_clip(output)
+    for name, tensor in model.state_dict().items():
+        if not torch_equal(copy.state_dict()[name], tensor):
+            raise ClipsonicError(f"{output}: verification failed: {name} differs from {source}")
+    config = model.config
+    print(f"read      {source} ({layout} layout, {len(state)} tensors)")
+    print(f"model     ViT {config.image_resolution}px/{config.vision_patch_size}, vision {config.vision_width}x"
+          f"{config.vision_layers}, text {config.text_width}x{config.text_layers}, embed {config.embed_dim}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+    if source.is_file():
+        digest = manifest.sha256_file(source)
+        known = [e.name for e in manifest.load_manifest().values() if e.sha256 == digest]
+        print(f"sha256    {digest}" + (f" (the official {known[0]})" if known else ""))
+    print(f"wrote     {output} (float32; reloads identically)")
+    return 0
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+
+
+def _bench_clip(args: argparse.Namespace) -> int:
+    import json
+
+    from clipsonic import bench, clip
+
+    if args.checkpoint is not None:
+        model = clip.load_clip(args.checkpoint)
+    else:
+        model = clip.CLIP(clip.CLIPConfig.preset(args.preset)).eval()
+    if any(batch < 1 for batch in args.batch) or args.repeat < 1:
+        raise ClipsonicError("--batch and --repeat must be at least 1")
+    log.info("timing CLIP (%s) on %d thread(s)", args.checkpoint or args.preset, _torch_threads())
+    rows = bench.bench_clip(model, args.batch, ["fp32", *args.compare], repeat=args.repeat)
+    print(bench.markdown_table(rows))
+    if args.json:
+        from clipsonic.fileio import write_json_atomic
+
+        write_json_atomic(args.json, [row.as_row() for row in rows])
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

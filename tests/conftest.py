@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,6 +10,16 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _reset_cli_logging():
+    """`cli.main` configures the clipsonic logger for a terminal; undo it so caplog sees records."""
+    yield
+    logger = logging.getLogger("clipsonic")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 def pytest_collection_modifyitems(config, items):

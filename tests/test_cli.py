@@ -19,7 +19,7 @@ def test_help_lists_only_built_commands():
     assert done.returncode == 0
     commands = done.stdout.split("positional arguments:")[1].split("options:")[0]
     listed = {line.split()[0] for line in commands.splitlines() if line.startswith("    ")}
-    assert listed == {"weights"}
+    assert listed == {"weights", "bench"}
 
 
 def test_weights_list_shows_every_entry_with_source_and_licence(tmp_path):
@@ -111,3 +111,26 @@ def test_library_never_imports_the_cli():
             "print('clipsonic.cli' in sys.modules, 'triton' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_import_clip_converts_and_verifies(tmp_path):
+    from conftest import FIXTURES
+
+    out = tmp_path / "converted.pt"
+    done = run_cli("weights", "import-clip", str(FIXTURES / "clip_tiny_torchscript.pt"), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "openai-torchscript layout" in done.stdout and "reloads identically" in done.stdout
+    from clipsonic.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out, "clip")["config"]["vision_width"] == 64
+    failed = run_cli("weights", "import-clip", str(tmp_path / "missing.pt"))
+    assert failed.returncode == 1 and failed.stderr.strip().endswith("missing.pt: no such CLIP checkpoint")
+
+
+def test_bench_clip_prints_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_cli("bench", "clip", "--preset", "tiny", "--batch", "1", "--repeat", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "| clip.encode_image | 1 | bf16 |" in done.stdout
+    rows = json.loads(out.read_text())
+    assert [row["dtype"] for row in rows] == ["fp32", "bf16"] and rows[1]["ratio"] > 0

@@ -1,0 +1,40 @@
+"""Choose an implementation per op and call: explicit `impl`, else the environment, else the fastest.
+
+``CLIPSONIC_OPS=reference`` forces every op onto its plain-PyTorch reference (for debugging
+and for checking a kernel against it). An implementation asked for by name that this build or
+this tensor cannot use is an error, never a silent substitution.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from clipsonic.ops.attention_reference import attention_reference
+
+IMPLEMENTATIONS = ("reference", "triton", "cpp", "cuda")
+ENVIRONMENT_VARIABLE = "CLIPSONIC_OPS"
+
+# op name -> implementation name -> function; faster kernels add themselves here as they land.
+_REGISTRY: dict[str, dict[str, Callable]] = {
+    "attention": {"reference": attention_reference},
+}
+
+
+def _choose(op: str, impl: str | None) -> Callable:
+    if impl is None:
+        impl = os.environ.get(ENVIRONMENT_VARIABLE) or "reference"
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {impl!r} for {op} (choose from {', '.join(IMPLEMENTATIONS)})")
+    available = _REGISTRY[op]
+    if impl not in available:
+        raise ValueError(f"{op} has no {impl!r} implementation in this build (available: {', '.join(available)})")
+    return available[impl]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+              impl: str | None = None) -> torch.Tensor:
+    """Scaled dot-product attention, q [B, H, Lq, D], k/v [B, H, Lk, D] -> [B, H, Lq, D]."""
+    return _choose("attention", impl)(q, k, v, causal=causal)
