@@ -5,3 +5,12 @@ package is cheap: it loads no weights, builds no extension and imports no Triton
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `clipsonic.Pipeline` without importing torch and the models until it is used.
+    if name == "Pipeline":
+        from clipsonic.pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'clipsonic' has no attribute {name!r}")

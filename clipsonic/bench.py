@@ -77,3 +77,66 @@ def markdown_table(rows: Sequence[Timing]) -> str:
         agreement = "" if row.agreement is None else f"{row.agreement:.5f}"
         lines.append(f"| {row.name} | {row.batch} | {row.dtype} | {row.seconds:.4f} | {row.best:.4f} | {ratio} | {agreement} |")
     return "\n".join(lines)
+
+
+def bench_sample(unet_preset: str = "paper", clip_preset: str = "paper", seconds: float = 4.0, steps: int = 25,
+                 reference_steps: int = 1000, measured_reference_steps: int = 5, repeat: int = 3,
+                 seed: int = 0) -> list[Timing]:
+    """Text-to-audio generation with random weights of the given sizes.
+
+    Rows: one guided UNet step (batch 2: conditional and unconditional halves) in fp32 and
+    bf16; then end to end (CLIP text encoding, sampling, Griffin-Lim) for our path (bf16,
+    DPM-Solver++ with `steps` steps) against the paper's (fp32, DDPM with `reference_steps`
+    steps). The reference's sampling time is its measured per-step time times
+    `reference_steps` (`measured_reference_steps` steps are run); pass
+    ``measured_reference_steps=reference_steps`` to run it all.
+    """
+    import copy
+
+    from clipsonic.audio import griffin_lim
+    from clipsonic.clip import CLIP, CLIPConfig
+    from clipsonic.diffusion import GaussianDiffusion, classifier_free_guidance
+    from clipsonic.nn import set_precision
+    from clipsonic.tokenizer import tokenize
+    from clipsonic.unet import UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    clip32 = CLIP(CLIPConfig.preset(clip_preset)).eval()
+    clip16 = set_precision(copy.deepcopy(clip32), torch.bfloat16)
+    unet32 = UNet(UNetConfig.preset(unet_preset, cond_dim=clip32.config.embed_dim)).eval()
+    for parameter in unet32.parameters():  # no zero-initialised layers: time realistic arithmetic
+        parameter.data.add_(1e-3 * torch.randn_like(parameter))
+    unet16 = set_precision(copy.deepcopy(unet32), torch.bfloat16).to(memory_format=torch.channels_last)
+    multiple = unet32.config.downsampling
+    frames = -(-round(seconds * 16000 / 512) // multiple) * multiple
+    x = torch.randn(2, 1, 64, frames, generator=torch.Generator().manual_seed(seed))
+    t, cond, drop = torch.tensor([500.0, 500.0]), torch.randn(2, clip32.config.embed_dim), torch.tensor([False, True])
+    rows = []
+    step32, best32, out32 = time_call(lambda: unet32(x, t, cond, drop), repeat)
+    rows.append(Timing(f"unet step, guided batch 2 x {frames} frames (reference: fp32)", 2, "fp32", step32, best32, 1.0, 1.0))
+    step16, best16, out16 = time_call(lambda: unet16(x, t, cond, drop), repeat)
+    agreement = torch.nn.functional.cosine_similarity(out16.flatten(), out32.flatten(), dim=0).item()
+    rows.append(Timing(f"unet step, guided batch 2 x {frames} frames", 2, "bf16", step16, best16, step32 / step16, agreement))
+
+    tokens = tokenize(["a photo of rain"], clip32.config.context_length)
+    diffusion = GaussianDiffusion.cosine(4000)
+    noise = torch.randn(1, 1, 64, frames, generator=torch.Generator().manual_seed(seed))
+
+    def generate(clip, unet, sampler, count):
+        query = clip.encode_text(tokens)
+        mel = diffusion.sample(classifier_free_guidance(unet, query, 1.5), noise, sampler, count,
+                               generator=torch.Generator().manual_seed(seed))
+        return griffin_lim(mel[:, 0].float())
+
+    ours, ours_best, _ = time_call(lambda: generate(clip16, unet16, "dpm++", steps), repeat)
+    measured, _, _ = time_call(lambda: generate(clip32, unet32, "ddpm", measured_reference_steps), 1)
+    if measured_reference_steps == reference_steps:
+        reference = measured
+    else:  # one step costs the fixed work (text encoding, vocoding) plus one network call
+        single, _, _ = time_call(lambda: generate(clip32, unet32, "ddpm", 1), 1)
+        reference = single + (measured - single) / (measured_reference_steps - 1) * (reference_steps - 1)
+    name = f"end to end, {seconds:g} s of audio"
+    label = "measured" if measured_reference_steps == reference_steps else f"{measured_reference_steps} steps timed, scaled"
+    rows.append(Timing(f"{name} (reference: DDPM-{reference_steps}, {label})", 1, "fp32", reference, reference, 1.0))
+    rows.append(Timing(f"{name}, DPM-Solver++ {steps} steps", 1, "bf16", ours, ours_best, reference / ours))
+    return rows

@@ -117,6 +117,75 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     clip.add_argument("--json", type=Path, help="also write the rows as JSON here")
     clip.set_defaults(handler=_bench_clip)
 
+    sample = targets.add_parser("sample", parents=[common], formatter_class=_formatter,
+                                help="text-to-audio generation: fp32 DDPM-1000 (the paper) against bf16 DPM-Solver++",
+                                description="Time one guided UNet step in fp32 and bf16, and text-to-audio "
+                                            "generation end to end (CLIP text encoding, sampling, Griffin-Lim): "
+                                            "ours (bf16, DPM-Solver++) against the paper's setting (fp32, "
+                                            "DDPM with 1000 steps, timed over a few steps and scaled unless "
+                                            "--full-reference). Random weights of the chosen sizes.")
+    sample.add_argument("--preset", default="paper", help="UNet size (paper or tiny)")
+    sample.add_argument("--clip-preset", default="paper", help="CLIP size for the text encoder")
+    sample.add_argument("--seconds", type=float, default=4.0, help="audio length")
+    sample.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps")
+    sample.add_argument("--reference-steps", type=int, default=1000, help="DDPM steps of the reference")
+    sample.add_argument("--full-reference", action="store_true", help="run every reference step instead of scaling")
+    sample.add_argument("--repeat", type=int, default=3, help="timed runs per case (the median is reported)")
+    sample.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    sample.set_defaults(handler=_bench_sample)
+
+
+def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    train = commands.add_parser("train", parents=[common], formatter_class=_formatter,
+                                help="train the spectrogram diffusion UNet on a preprocessed dataset",
+                                description="Train the CLIP-conditioned spectrogram UNet on a dataset folder "
+                                            "written by `clipsonic preprocess`. Resumable (--resume); under "
+                                            "torchrun it trains data-parallel on every process.")
+    train.add_argument("dataset", type=Path, help="dataset folder")
+    train.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    train.add_argument("--preset", default="paper", help="UNet size: paper (~121 M parameters) or tiny")
+    train.add_argument("--steps", type=int, default=500_000, help="total optimisation steps")
+    train.add_argument("--batch-size", type=int, default=32, help="global batch size (split over processes)")
+    train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--ema", type=float, default=0.9999, help="EMA decay of the weights that sampling uses")
+    train.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm limit (0: none)")
+    train.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
+    train.add_argument("--save-every", type=int, default=5000, help="checkpoint interval in steps")
+    train.add_argument("--keep", type=int, default=2, help="numbered checkpoints kept besides the latest")
+    train.add_argument("--log-every", type=int, default=100, help="log.jsonl interval in steps")
+    train.add_argument("--crop-frames", type=int, default=64, help="mel frames per training crop (64 = 2.048 s)")
+    train.add_argument("--cond-drop", type=float, default=0.1, help="probability of the null condition")
+    train.add_argument("--text-cond", action="store_true",
+                       help='CLIP-TTA baseline: condition on CLIP text embeddings of "a photo of [label]"')
+    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+
+def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    sample = commands.add_parser("sample", parents=[common], formatter_class=_formatter,
+                                 help="generate audio from a text or an image",
+                                 description="Generate audio from a text (ZS: its CLIP text embedding) or an "
+                                             "image (IQ: its CLIP image embedding) with a trained UNet; "
+                                             "Griffin-Lim turns the mel into a waveform.")
+    query = sample.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help='text query, e.g. "a photo of rain"')
+    query.add_argument("--image", type=Path, help="image query (png, jpg, webp, ...)")
+    sample.add_argument("--variant", choices=["iq", "zs"], help="query variant (default: iq for --image, zs for --text)")
+    sample.add_argument("--checkpoint", type=Path, help="UNet checkpoint from `clipsonic train`")
+    sample.add_argument("--clip", type=Path, help="the CLIP checkpoint the UNet was trained with")
+    sample.add_argument("--bundle", type=Path, help="a folder holding clip.pt and unet.pt instead")
+    sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
+    sample.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="dpm++", help="sampler")
+    sample.add_argument("--steps", type=int, default=25, help="sampling steps (the paper: ddpm with 1000)")
+    sample.add_argument("--seconds", type=float, default=4.0, help="length of the audio")
+    sample.add_argument("--batch", type=int, default=1, help="number of files to generate")
+    sample.add_argument("-o", "--output", type=Path, required=True, help="output .wav or .flac "
+                                                                          "(NAME_0, NAME_1, ... with --batch)")
+    sample.add_argument("--save-mel", action="store_true", help="also save each log-mel as .npy beside the audio")
+    sample.set_defaults(handler=_sample)
+
 
 def build_parser() -> Parser:
     common = _common_options()
@@ -124,6 +193,8 @@ def build_parser() -> Parser:
                     description="CLIPSonic: text-to-audio synthesis learned from unlabeled videos through CLIP.")
     parser.add_argument("--version", action="version", version=f"clipsonic {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_train(commands, common)
+    _add_sample(commands, common)
     _add_weights(commands, common)
     _add_bench(commands, common)
     return parser
@@ -213,12 +284,29 @@ def _bench_clip(args: argparse.Namespace) -> int:
         raise ClipsonicError("--batch and --repeat must be at least 1")
     log.info("timing CLIP (%s) on %d thread(s)", args.checkpoint or args.preset, _torch_threads())
     rows = bench.bench_clip(model, args.batch, ["fp32", *args.compare], repeat=args.repeat)
-    print(bench.markdown_table(rows))
-    if args.json:
-        from clipsonic.fileio import write_json_atomic
-
-        write_json_atomic(args.json, [row.as_row() for row in rows])
+    _print_rows(rows, args.json)
     return 0
+
+
+def _bench_sample(args: argparse.Namespace) -> int:
+    from clipsonic import bench
+
+    if args.steps < 2 or args.reference_steps < 6 or args.repeat < 1 or args.seconds <= 0:
+        raise ClipsonicError("--steps must be at least 2, --reference-steps at least 6, --repeat at least 1")
+    log.info("timing generation (%s UNet, %s CLIP) on %d thread(s)", args.preset, args.clip_preset, _torch_threads())
+    rows = bench.bench_sample(args.preset, args.clip_preset, args.seconds, args.steps, args.reference_steps,
+                              args.reference_steps if args.full_reference else 5, args.repeat)
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _print_rows(rows, json_path: Path | None) -> None:
+    from clipsonic import bench
+    from clipsonic.fileio import write_json_atomic
+
+    print(bench.markdown_table(rows))
+    if json_path:
+        write_json_atomic(json_path, [row.as_row() for row in rows])
 
 
 def _torch_threads() -> int:
@@ -227,8 +315,86 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def _train(args: argparse.Namespace) -> int:
+    from clipsonic import runtime
+    from clipsonic.checkpoint import load_checkpoint
+    from clipsonic.data import Dataset
+    from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
+    from clipsonic.trainloop import CHECKPOINT_NAME, TrainConfig, train
+    from clipsonic.unet import MelNormalization, UNetConfig
+
+    for name in ("steps", "batch_size", "save_every", "log_every", "crop_frames"):
+        if getattr(args, name) < 1:
+            parser_name = "--" + name.replace("_", "-")
+            raise ClipsonicError(f"{parser_name} must be at least 1")
+    if not 0 <= args.cond_drop < 1:
+        raise ClipsonicError("--cond-drop must be in [0, 1)")
+    device = runtime.resolve_device(args.device)
+    settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
+                         save_every=args.save_every, keep=args.keep, log_every=args.log_every,
+                         seed=args.seed if args.seed is not None else 0)
+    unet_config, mel_norm = UNetConfig.preset(args.preset), None
+    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
+        saved = load_checkpoint(args.out / CHECKPOINT_NAME, "unet")
+        if saved["extra"].get("training") != settings.to_dict():
+            raise ClipsonicError(f"{args.out / CHECKPOINT_NAME}: was trained with other --crop-frames/--cond-drop/"
+                                 f"--text-cond settings")
+        unet_config = UNetConfig.from_dict(saved["config"])
+        mel_norm = MelNormalization.from_dict(saved["extra"]["mel_norm"])
+    task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
+    log.info("training a %.1f M-parameter UNet on %d clips of %s", sum(p.numel() for p in task.model.parameters())
+             / 1e6, len(task.records), args.dataset)
+    path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
+    log.info("done: %s", path)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from clipsonic import runtime
+    from clipsonic.audio import save_audio
+    from clipsonic.pipeline import Pipeline
+
+    if args.text is not None and not args.text.strip():
+        raise ClipsonicError("--text is empty")
+    if args.steps < 1 or args.batch < 1 or args.seconds <= 0:
+        raise ClipsonicError("--steps and --batch must be at least 1 and --seconds positive")
+    if args.output.suffix.lower() not in (".wav", ".flac"):
+        raise ClipsonicError(f"-o {args.output}: the file must end in .wav or .flac")
+    image = None
+    if args.image is not None:
+        from clipsonic.media import read_image
+
+        image = read_image(args.image)
+    device, dtype = runtime.resolve_device(args.device), runtime.resolve_dtype(args.dtype)
+    pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, device=device, dtype=dtype)
+    variant = args.variant or pipeline.default_variant(image)
+    query = pipeline.query(text=args.text, image=image, variant=variant)
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    mel = pipeline.generate_mel(query, args.guidance, args.sampler, args.steps, args.seconds, seed, args.batch,
+                                progress=not args.quiet)
+    wavs = pipeline.vocode(mel, seed=seed)[:, : round(args.seconds * pipeline.spectrogram.mel_config.sample_rate)]
+    outputs = [args.output] if args.batch == 1 else [
+        args.output.with_name(f"{args.output.stem}_{index}{args.output.suffix}") for index in range(args.batch)]
+    for path, wav, spectrogram in zip(outputs, wavs, mel):
+        save_audio(path, wav, pipeline.spectrogram.mel_config.sample_rate)
+        if args.save_mel:
+            from clipsonic.fileio import atomic_path
+
+            with atomic_path(path.with_suffix(".npy")) as tmp:
+                np.save(tmp, spectrogram.cpu().numpy())
+        print(path)
+    log.info("variant %s, seed %d, %s x %d steps, guidance %g", variant, seed, args.sampler, args.steps, args.guidance)
+    return 0
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = logging.WARNING  # under torchrun only rank 0 reports progress
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
@@ -272,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"clipsonic: error: {error}", file=sys.stderr)
-        return 1
+        return 130 if type(error).__name__ == "Interrupted" else 1
     except Exception as error:  # an unexpected failure still gets one line unless --debug
         if args.debug:
             raise

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from clipsonic.ops.attention_reference import attention_reference
+from clipsonic.ops.group_norm_reference import group_norm_reference
 
 IMPLEMENTATIONS = ("reference", "triton", "cpp", "cuda")
 ENVIRONMENT_VARIABLE = "CLIPSONIC_OPS"
@@ -20,6 +21,7 @@ ENVIRONMENT_VARIABLE = "CLIPSONIC_OPS"
 # op name -> implementation name -> function; faster kernels add themselves here as they land.
 _REGISTRY: dict[str, dict[str, Callable]] = {
     "attention": {"reference": attention_reference},
+    "group_norm": {"reference": group_norm_reference},
 }
 
 
@@ -38,3 +40,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
               impl: str | None = None) -> torch.Tensor:
     """Scaled dot-product attention, q [B, H, Lq, D], k/v [B, H, Lk, D] -> [B, H, Lq, D]."""
     return _choose("attention", impl)(q, k, v, causal=causal)
+
+
+def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               eps: float = 1e-5, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+               silu: bool = False, impl: str | None = None) -> torch.Tensor:
+    """GroupNorm (+ h*(1+scale)+shift, + SiLU) of x [B, C, *spatial]; statistics in float32."""
+    return _choose("group_norm", impl)(x, num_groups, weight, bias, eps, scale=scale, shift=shift, silu=silu)

@@ -1,0 +1,123 @@
+"""Text or image in, audio out: CLIP query -> (prior) -> spectrogram diffusion -> vocoder.
+
+The `clipsonic sample` command is a thin shell over `Pipeline`. Variants (paper §2): ``iq``
+conditions on the CLIP embedding of an image, ``zs`` on the CLIP text embedding directly.
+(The prior variants ``pd``/``sd`` arrive with the diffusion prior.) Without a vocoder the
+waveform comes from Griffin-Lim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipsonic.audio import griffin_lim
+from clipsonic.diffusion import GaussianDiffusion, Sampler, classifier_free_guidance
+from clipsonic.errors import ClipsonicError
+
+log = logging.getLogger(__name__)
+VARIANTS = ("iq", "zs")
+
+
+@dataclasses.dataclass
+class Pipeline:
+    clip: "CLIP"
+    spectrogram: "SpectrogramModel"
+    vocoder: torch.nn.Module | None = None
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+             dtype: torch.dtype | None = None) -> "Pipeline":
+        """Load from explicit checkpoint paths, or a bundle folder holding ``clip.pt`` and ``unet.pt``."""
+        from clipsonic.clip import load_clip
+        from clipsonic.unet import load_unet
+
+        if bundle is not None:
+            folder = Path(bundle)
+            if not folder.is_dir():
+                raise ClipsonicError(f"{folder}: not a bundle folder")
+            clip = clip or folder / "clip.pt"
+            checkpoint = checkpoint or folder / "unet.pt"
+        if clip is None or checkpoint is None:
+            raise ClipsonicError("no models given: pass a CLIP checkpoint (--clip) and a UNet checkpoint "
+                                 "(--checkpoint), or a bundle folder")
+        spectrogram = load_unet(checkpoint, dtype=dtype, device=device)
+        clip_model = load_clip(clip, dtype=dtype, device=device)
+        if clip_model.config.embed_dim != spectrogram.embed_dim:
+            raise ClipsonicError(f"{clip}: CLIP embeddings are {clip_model.config.embed_dim}-d but {checkpoint} "
+                                 f"was trained on {spectrogram.embed_dim}-d ones: use the CLIP it was trained with")
+        return cls(clip=clip_model, spectrogram=spectrogram, device=torch.device(device))
+
+    @torch.inference_mode()
+    def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs") -> torch.Tensor:
+        """The CLIP embedding [1, D] the UNet is conditioned on."""
+        from clipsonic.clip import preprocess_image
+        from clipsonic.tokenizer import tokenize
+
+        if variant not in VARIANTS:
+            raise ClipsonicError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+        if (text is None) == (image is None):
+            raise ClipsonicError("give exactly one of a text or an image")
+        if variant == "iq":
+            if image is None:
+                raise ClipsonicError("variant iq needs an image")
+            pixels = preprocess_image(image, self.clip.config.image_resolution)[None].to(self.device)
+            return self.clip.encode_image(pixels)
+        if text is None:
+            raise ClipsonicError(f"variant {variant} needs a text")
+        if not text.strip():
+            raise ClipsonicError("the text is empty")
+        return self.clip.encode_text(tokenize([text], self.clip.config.context_length).to(self.device))
+
+    @torch.inference_mode()
+    def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
+                     seconds: float = 4.0, seed: int | None = None, batch: int = 1,
+                     progress: bool = False) -> torch.Tensor:
+        """Log-mel spectrograms [batch, n_mels, frames] for one query embedding [1, D]."""
+        model = self.spectrogram
+        config = model.mel_config
+        multiple = model.unet.config.downsampling
+        frames = max(multiple, -(-round(seconds * config.sample_rate / config.hop_size) // multiple) * multiple)
+        generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        noise = torch.randn(batch, 1, config.n_mels, frames, generator=generator).to(self.device)
+        eps_fn = classifier_free_guidance(model.unet, query.expand(batch, -1).float(), guidance)
+        process = GaussianDiffusion.cosine(model.diffusion_steps)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, unit="step", desc=Sampler(sampler).value, dynamic_ncols=True)
+        x = process.sample(eps_fn, noise, sampler=sampler, steps=steps, generator=generator,
+                           progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        return model.mel_norm.from_unit(x[:, 0].float())
+
+    def vocode(self, log_mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Waveforms [batch, frames * hop] from log-mels [batch, n_mels, frames]."""
+        if self.vocoder is not None:
+            with torch.inference_mode():
+                return self.vocoder(log_mel.to(self.device))[:, 0].float().cpu()
+        return griffin_lim(log_mel.cpu(), self.spectrogram.mel_config, seed=seed)
+
+    def default_variant(self, image: np.ndarray | None) -> str:
+        return "iq" if image is not None else "zs"
+
+    def generate(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
+                 guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
+                 seed: int | None = None, batch: int = 1) -> torch.Tensor:
+        """Waveforms [batch, samples] at the model's sample rate (16 kHz), `seconds` long.
+
+        `variant` None picks ``iq`` for an image and the best text variant available otherwise.
+        """
+        query = self.query(text=text, image=image, variant=variant or self.default_variant(image))
+        mel = self.generate_mel(query, guidance, sampler, steps, seconds, seed, batch)
+        wav = self.vocode(mel, seed=seed or 0)
+        return wav[:, : round(seconds * self.spectrogram.mel_config.sample_rate)]

@@ -1,0 +1,102 @@
+"""Training the spectrogram UNet on a dataset folder (`clipsonic train`).
+
+Each sample is a random `crop_frames`-frame window of a clip's log-mel (64 frames = 2.048 s
+in the paper), normalised to [-1, 1], conditioned on the CLIP image embedding of the video
+frame nearest the window's centre — or, for the CLIP-TTA baseline (``text_cond``), on the
+CLIP text embedding of "a photo of [label]". With probability `cond_drop` the condition is
+replaced by the UNet's learned null embedding (classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsonic.audio import LOG_FLOOR
+from clipsonic.config import Config
+from clipsonic.data import Dataset
+from clipsonic.diffusion import GaussianDiffusion
+from clipsonic.errors import ClipsonicError
+from clipsonic.trainloop import StepContext, epoch_indices
+from clipsonic.unet import CHECKPOINT_KIND, CHECKPOINT_VERSION, MelNormalization, UNet, UNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionTrainingConfig(Config):
+    crop_frames: int = 64
+    cond_drop: float = 0.1
+    text_cond: bool = False
+    diffusion_steps: int = 4000
+
+
+def mel_normalization(dataset: Dataset, clips: int = 256) -> MelNormalization:
+    """[-1, 1] spans the log floor to the largest value seen in (up to) `clips` training clips,
+    rounded up to a multiple of 0.5."""
+    stride = max(1, len(dataset) // clips)
+    peak = max(float(dataset.mel(record).max()) for record in dataset.records[::stride])
+    return MelNormalization(low=math.log(LOG_FLOOR), high=math.ceil(max(peak, 0.0) * 2 + 1e-9) / 2)
+
+
+class DiffusionTask:
+    kind = CHECKPOINT_KIND
+    version = CHECKPOINT_VERSION
+
+    def __init__(self, dataset: Dataset, unet_config: UNetConfig, settings: DiffusionTrainingConfig,
+                 mel_norm: MelNormalization | None = None) -> None:
+        if unet_config.cond_dim != dataset.embed_dim:
+            unet_config = unet_config.replace(cond_dim=dataset.embed_dim)
+        if settings.crop_frames % unet_config.downsampling:
+            raise ClipsonicError(f"--crop-frames {settings.crop_frames} is not a multiple of "
+                                 f"{unet_config.downsampling} (the UNet's downsampling)")
+        self.dataset, self.settings = dataset, settings
+        self.records = [r for r in dataset.records if r.mel_frames >= settings.crop_frames
+                        and (r.label is not None or not settings.text_cond)]
+        if not self.records:
+            needs = " labelled" if settings.text_cond else ""
+            raise ClipsonicError(f"{dataset.folder}: no{needs} training clip has {settings.crop_frames} mel frames")
+        self.model = UNet(unet_config)
+        self.mel_norm = mel_norm or mel_normalization(dataset)
+        self.diffusion = GaussianDiffusion.cosine(settings.diffusion_steps)
+        self._text = {}
+        if settings.text_cond:
+            self._text = {label: dataset.text_embedding(label) for label in {r.label for r in self.records}}
+
+    def _condition(self, record, start: int) -> np.ndarray:
+        if self.settings.text_cond:
+            return self._text[record.label]
+        config = self.dataset.mel_config
+        centre = (start + self.settings.crop_frames / 2) * config.hop_size / config.sample_rate
+        nearest = int(np.argmin(np.abs(np.asarray(record.frame_times) - centre)))
+        return self.dataset.image_embeddings(record)[nearest]
+
+    def batch(self, context: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised mel crops [B, 1, n_mels, crop] and their conditions [B, D] for one step."""
+        picks = epoch_indices(len(self.records), context.batch_size, context.step, context.rank, context.world,
+                              context.seed)
+        mels, conds = [], []
+        for index in picks:
+            record = self.records[index]
+            start = int(torch.randint(0, record.mel_frames - self.settings.crop_frames + 1, (1,),
+                                      generator=context.generator))
+            mels.append(self.dataset.mel(record, start, self.settings.crop_frames))
+            conds.append(self._condition(record, start))
+        x0 = self.mel_norm.to_unit(torch.from_numpy(np.stack(mels))[:, None])
+        return x0.to(context.device), torch.from_numpy(np.stack(conds)).to(context.device)
+
+    def loss(self, model: torch.nn.Module, context: StepContext) -> torch.Tensor:
+        x0, cond = self.batch(context)
+        drop = (torch.rand(x0.shape[0], generator=context.generator) < self.settings.cond_drop).to(context.device)
+        return self.diffusion.training_loss(lambda xt, t: model(xt, t, cond, drop), x0, context.generator)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return self.model.config.to_dict()
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"mel_norm": self.mel_norm.to_dict(), "mel_config": self.dataset.mel_config.to_dict(),
+                "condition": "text" if self.settings.text_cond else "image", "embed_dim": self.dataset.embed_dim,
+                "diffusion_steps": self.settings.diffusion_steps, "clip": self.dataset.info.get("clip"),
+                "training": self.settings.to_dict()}

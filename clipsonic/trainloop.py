@@ -1,0 +1,349 @@
+"""The training loop shared by `train` (UNet) and `train-prior`: AdamW, EMA, clipping, checkpoints, DDP.
+
+Exact resumption: every source of randomness in step s (batch choice, crops, timesteps,
+noise, dropout) is seeded from (seed, s, rank), so a run resumed from a checkpoint at step s
+continues exactly as the uninterrupted run would have. Checkpoints hold the EMA weights as
+``state_dict`` (what sampling uses) and, in ``extra``, the raw weights, optimizer state, step,
+RNG state and configs; they are written atomically, on rank 0 only.
+
+Distributed: launched by ``torchrun``, each rank takes ``batch_size / world_size`` samples
+per step from its own share of every epoch's permutation; gradients are averaged by
+DistributedDataParallel (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from clipsonic.checkpoint import load_checkpoint, save_checkpoint
+from clipsonic.config import Config
+from clipsonic.errors import ClipsonicError
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class TrainingError(ClipsonicError):
+    """Training cannot go on (a NaN loss, an incompatible checkpoint)."""
+
+
+class Interrupted(ClipsonicError):
+    """SIGINT or SIGTERM arrived; the state was saved first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    steps: int = 500_000
+    batch_size: int = 32  # global: split over the ranks
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0
+    bf16: bool = False  # autocast the forward pass to bfloat16
+    save_every: int = 5000
+    keep: int = 2  # numbered snapshots kept besides the latest checkpoint
+    log_every: int = 100
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a task needs to draw one rank's batch for one step, reproducibly."""
+
+    step: int
+    rank: int
+    world: int
+    batch_size: int  # this rank's share
+    seed: int
+    generator: torch.Generator  # seeded from (seed, step, rank); use it for every random draw
+    device: torch.device
+
+
+class Task(Protocol):
+    """What a trainer trains: the model, how one rank's loss is drawn, what its checkpoint records."""
+
+    kind: str  # checkpoint kind, e.g. "unet"
+    version: int
+    model: nn.Module
+
+    def loss(self, model: nn.Module, context: StepContext) -> torch.Tensor: ...
+
+    def checkpoint_config(self) -> dict[str, Any]: ...
+
+    def checkpoint_extra(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(device=device)
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=rank, world=world, device=device)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A distinct 63-bit seed for each (run seed, step, rank)."""
+    mixed = (seed * 1_000_003 + step) * 8191 + rank
+    return (mixed * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def epoch_indices(count: int, batch: int, step: int, rank: int, world: int, seed: int) -> list[int]:
+    """Indices of the `batch` items rank `rank` trains on at `step`.
+
+    Every epoch is a fresh permutation of `count` items (seeded by epoch), padded by wrapping
+    to a multiple of `world` and dealt round-robin, so ranks never share an item within an
+    epoch; a rank reads its share as one endless stream. A pure function of its arguments.
+    """
+    per_rank = math.ceil(count / world)
+    position = step * batch
+    out: list[int] = []
+    while len(out) < batch:
+        epoch, offset = divmod(position, per_rank)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 0)))
+        padded = torch.cat([order, order[: per_rank * world - count]]) if per_rank * world > count else order
+        share = padded[rank::world]
+        take = min(batch - len(out), per_rank - offset)
+        out.extend(share[offset:offset + take].tolist())
+        position += take
+    return out
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for average, current in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(current.detach().to(average.dtype), 1 - self.decay)
+            else:
+                average.copy_(current)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _grad_norm_and_clip(parameters: list[nn.Parameter], limit: float) -> float:
+    if limit > 0:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
+    return float(torch.norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
+
+
+class _StopRequest:
+    """Remembers SIGINT/SIGTERM until the current step has finished."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread (e.g. under a test runner's worker)
+                pass
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.signal = number
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+          device: torch.device | str = "cpu", progress: bool = True,
+          on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Train `task.model` for `config.steps` steps; returns the final checkpoint's path.
+
+    With `resume`, continues from ``out_dir/checkpoint.pt`` (same config required).
+    """
+    out = Path(out_dir)
+    dist = setup_distributed(torch.device(device))
+    if config.batch_size % dist.world:
+        raise TrainingError(f"batch size {config.batch_size} does not split over {dist.world} processes")
+    per_rank = config.batch_size // dist.world
+    model = task.model.to(dist.device).train()
+    ema = EMA(model, config.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = 0
+    latest = out / CHECKPOINT_NAME
+    if resume:
+        if not latest.is_file():
+            raise TrainingError(f"{latest}: nothing to resume from")
+        saved = load_checkpoint(latest, task.kind, max_version=task.version)
+        extra = saved["extra"]
+        if extra["train_config"] != {**config.to_dict(), "steps": extra["train_config"]["steps"]}:
+            raise TrainingError(f"{latest}: was trained with other settings; resume with the same options "
+                                f"(only --steps may change)")
+        model.load_state_dict(extra["model"])
+        ema.model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(extra["optimizer"])
+        step = int(extra["step"])
+        torch.set_rng_state(extra["rng"]["torch"])
+        if dist.main:
+            log.info("resuming %s at step %d", latest, step)
+    elif latest.is_file():
+        raise TrainingError(f"{latest} exists: pass --resume to continue it, or choose another --out")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    wrapped = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def save(at_step: int) -> Path:
+        extra = {**task.checkpoint_extra(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": at_step, "rng": _rng_state(), "train_config": config.to_dict()}
+        path = save_checkpoint(latest, task.kind, task.checkpoint_config(), ema.model.state_dict(),
+                               version=task.version, extra=extra)
+        if config.keep > 0:
+            numbered = out / f"checkpoint-{at_step:08d}.pt"
+            numbered.unlink(missing_ok=True)
+            os.link(path, numbered)
+            for old in sorted(out.glob("checkpoint-*.pt"))[:-config.keep]:
+                old.unlink()
+        return path
+
+    bar = None
+    if progress and dist.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True, desc=task.kind)
+    smoothed, started, last_saved = None, time.perf_counter(), step
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    with _StopRequest() as stop:
+        while step < config.steps:
+            generator = torch.Generator().manual_seed(step_seed(config.seed, step, dist.rank))
+            torch.manual_seed(step_seed(config.seed, step, dist.rank) ^ 0x5DEECE66D)
+            context = StepContext(step, dist.rank, dist.world, per_rank, config.seed, generator, dist.device)
+            with autocast:
+                loss = task.loss(wrapped, context)
+            if not torch.isfinite(loss.detach()).all():
+                where = f"{latest} (step {last_saved})" if latest.is_file() else "none was written yet"
+                raise TrainingError(f"loss became {loss.item()} at step {step}; training stopped. "
+                                    f"The last good checkpoint is kept: {where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = _grad_norm_and_clip(parameters, config.grad_clip)
+            optimizer.step()
+            ema.update(model)
+            step += 1
+            value = float(loss.detach())
+            smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+            if on_step:
+                on_step(step, value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+            if dist.main and (step % config.log_every == 0 or step == config.steps):
+                rate = (step - last_saved) / max(time.perf_counter() - started, 1e-9)
+                record = {"step": step, "loss": value, "loss_smoothed": smoothed, "grad_norm": grad_norm,
+                          "steps_per_s": rate}
+                with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            stopping = _agree(stop.signal is not None, dist)
+            if step % config.save_every == 0 or step == config.steps or stopping:
+                _check_replicas(model, dist, step)
+                if dist.main:
+                    save(step)
+                    with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps({"step": step, "event": "checkpoint",
+                                                 "identical_ranks": dist.world}) + "\n")
+                _barrier(dist)
+                last_saved, started = step, time.perf_counter()
+            if stopping:
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(f"stopped by a signal at step {step}; saved {latest}; "
+                                  f"continue with the same command and --resume")
+    if bar is not None:
+        bar.close()
+    return latest
+
+
+def _agree(flag: bool, dist: Distributed) -> bool:
+    """True on every rank when any rank says so (so all ranks stop at the same step)."""
+    if not dist.active:
+        return flag
+    import torch.distributed
+
+    tensor = torch.tensor([1.0 if flag else 0.0], device=dist.device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def _fingerprint(model: nn.Module) -> torch.Tensor:
+    """Per-tensor sums and sums of squares in float64: equal on every rank when replicas agree."""
+    values = [t.detach().double() for t in model.state_dict().values() if t.is_floating_point()]
+    return torch.stack([torch.stack([v.sum(), v.square().sum()]) for v in values]).flatten()
+
+
+def _check_replicas(model: nn.Module, dist: Distributed, step: int) -> None:
+    """Fail loudly if data-parallel replicas have drifted apart (they must stay bit-identical)."""
+    if not dist.active:
+        return
+    import torch.distributed
+
+    mine = _fingerprint(model).to(dist.device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.world)]
+    torch.distributed.all_gather(gathered, mine)
+    differing = [rank for rank, theirs in enumerate(gathered) if not torch.equal(theirs, gathered[0])]
+    if differing:
+        raise TrainingError(f"at step {step} the weights of rank(s) {differing} differ from rank 0's")
+    if dist.main:
+        log.info("step %d: the weights of all %d ranks are identical", step, dist.world)
+
+
+def _barrier(dist: Distributed) -> None:
+    if dist.active:
+        import torch.distributed
+
+        torch.distributed.barrier()

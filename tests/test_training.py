@@ -1,0 +1,195 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clipsonic.checkpoint import load_checkpoint
+from clipsonic.data import Dataset
+from clipsonic.diffusion import GaussianDiffusion, classifier_free_guidance
+from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
+from clipsonic.trainloop import StepContext, TrainConfig, TrainingError, epoch_indices, train
+from clipsonic.unet import UNetConfig, load_unet
+from toydata import BANDS, LABELS, class_embedding, make_toy_dataset
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "data")
+
+
+SETTINGS = DiffusionTrainingConfig(crop_frames=16, diffusion_steps=1000)
+
+
+def tiny_task(folder, settings=SETTINGS):
+    torch.manual_seed(0)
+    return DiffusionTask(Dataset(folder, split="train"), UNetConfig.preset("tiny"), settings)
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "clipsonic", *args], capture_output=True, text=True, timeout=300,
+                          **kwargs)
+
+
+def test_epoch_sampler_partitions_each_epoch():
+    seen = []
+    for step in range(3):  # 3 steps x 2 ranks x 2 items = 12 = one epoch of 12 items
+        for rank in range(2):
+            seen += epoch_indices(12, 2, step, rank, 2, seed=5)
+    assert sorted(seen) == list(range(12))
+    assert epoch_indices(12, 2, 3, 0, 2, 5) == epoch_indices(12, 2, 3, 0, 2, 5)
+    assert len(epoch_indices(5, 7, 0, 1, 3, 0)) == 7
+
+
+def test_batches_crop_and_pick_the_nearest_frame(toy):
+    task = tiny_task(toy)
+    context = StepContext(0, 0, 1, 4, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    x0, cond = task.batch(context)
+    assert x0.shape == (4, 1, 16, 16) and cond.shape == (4, 16)
+    assert x0.min() >= -1 and x0.max() <= 1
+    record = task.records[0]
+    # A crop starting at frame 20 is centred at (20 + 8) * 512 / 16000 = 0.896 s: the frame at 0.9 s.
+    torch.testing.assert_close(torch.from_numpy(task._condition(record, 20)),
+                               torch.from_numpy(task.dataset.image_embeddings(record)[2]))
+
+
+def state_of(path):
+    payload = load_checkpoint(path, "unet")
+    return payload["state_dict"], payload["extra"]
+
+
+def test_resume_is_exact(toy, tmp_path):
+    config = TrainConfig(steps=6, batch_size=4, lr=1e-3, ema_decay=0.9, save_every=2, log_every=1, keep=0)
+    straight = train(tiny_task(toy), config, tmp_path / "straight", progress=False)
+
+    def crash(step, loss):
+        if step == 5:  # after the step-4 checkpoint, before the next one
+            raise RuntimeError("simulated kill")
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(tiny_task(toy), config, tmp_path / "resumed", progress=False, on_step=crash)
+    assert state_of(tmp_path / "resumed" / "checkpoint.pt")[1]["step"] == 4
+    resumed = train(tiny_task(toy), config, tmp_path / "resumed", resume=True, progress=False)
+    (ema_a, extra_a), (ema_b, extra_b) = state_of(straight), state_of(resumed)
+    assert extra_b["step"] == 6
+    for name in ema_a:
+        assert torch.equal(ema_a[name], ema_b[name]), name
+        assert torch.equal(extra_a["model"][name], extra_b["model"][name]), name
+    for a, b in zip(extra_a["optimizer"]["state"].values(), extra_b["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+
+
+def test_run_folder_guards(toy, tmp_path):
+    config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)
+    train(tiny_task(toy), config, tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="exists: pass --resume"):
+        train(tiny_task(toy), config, tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="other settings"):
+        train(tiny_task(toy), config.replace(lr=5e-4), tmp_path, resume=True, progress=False)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_task(toy), config, tmp_path / "fresh", resume=True, progress=False)
+
+
+class ExplodingTask:
+    kind, version = "unet", 1
+
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 1)
+
+    def loss(self, model, context):
+        value = model(torch.ones(1, 2)).sum() ** 2
+        return value * float("nan") if context.step >= 3 else value
+
+    def checkpoint_config(self):
+        return {}
+
+    def checkpoint_extra(self):
+        return {}
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = TrainConfig(steps=10, batch_size=1, save_every=2, keep=0)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3; .*checkpoint.pt \(step 2\)"):
+        train(ExplodingTask(), config, tmp_path, progress=False)
+    payload = load_checkpoint(tmp_path / "checkpoint.pt", "unet")
+    assert payload["extra"]["step"] == 2
+    assert all(torch.isfinite(t).all() for t in payload["state_dict"].values())
+
+
+TRAIN_ARGS = ["--preset", "tiny", "--batch-size", "4", "--crop-frames", "16", "--no-progress", "--lr", "1e-3"]
+
+
+def test_sigint_saves_before_exit_and_resume_finishes(toy, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "clipsonic", "train", str(toy), "--out", str(out), *TRAIN_ARGS,
+                                "--steps", "100000", "--save-every", "100000", "--log-every", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.jsonl").is_file() and
+                                          len((out / "log.jsonl").read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped by a signal at step" in stderr and "Traceback" not in stderr
+    step = load_checkpoint(out / "checkpoint.pt", "unet")["extra"]["step"]
+    assert step >= 2
+    done = run_cli("train", str(toy), "--out", str(out), *TRAIN_ARGS, "--steps", str(step + 2),
+                   "--save-every", "100000", "--log-every", "1", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(out / "checkpoint.pt", "unet")["extra"]["step"] == step + 2
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_keep_identical_weights(toy, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "clipsonic", "train", str(toy), "--out", str(out), *TRAIN_ARGS,
+                           "--steps", "3", "--save-every", "2", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    checks = [e for e in events if e.get("event") == "checkpoint"]
+    assert [(e["step"], e["identical_ranks"]) for e in checks] == [(2, 2), (3, 2)]
+    assert load_checkpoint(out / "checkpoint.pt", "unet")["extra"]["step"] == 3
+
+
+def test_text_conditioned_baseline(toy, tmp_path):
+    done = run_cli("train", str(toy), "--out", str(tmp_path / "tta"), *TRAIN_ARGS, "--steps", "2", "--text-cond")
+    assert done.returncode == 0, done.stderr
+    payload = load_checkpoint(tmp_path / "tta" / "checkpoint.pt", "unet")
+    assert payload["extra"]["condition"] == "text" and payload["extra"]["embed_dim"] == 16
+
+
+def test_train_errors_are_one_line(tmp_path):
+    done = run_cli("train", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"clipsonic: error: {tmp_path}: not a clipsonic dataset (no dataset.json)"
+
+
+@pytest.mark.slow
+def test_tiny_unet_learns_two_classes(toy, tmp_path):
+    task = tiny_task(toy)
+    train(task, TrainConfig(steps=400, batch_size=16, lr=2e-3, ema_decay=0.99, save_every=10_000, keep=0),
+          tmp_path, progress=False)
+    model = load_unet(tmp_path / "checkpoint.pt")
+    dataset = Dataset(toy, split="train")
+    class_means = [np.mean([dataset.mel(r, 0, 16) for r in dataset.records if r.label == label], axis=0)
+                   for label in LABELS]
+    process = GaussianDiffusion.cosine(model.diffusion_steps)
+    for index in range(len(LABELS)):
+        cond = torch.from_numpy(class_embedding(index, 16))[None].expand(4, -1)
+        noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(index))
+        with torch.no_grad():
+            x = process.sample(classifier_free_guidance(model.unet, cond, 2.0), noise, "dpm++", 20)
+        for sample in model.mel_norm.from_unit(x[:, 0]).numpy():
+            own, other = (np.linalg.norm(sample - class_means[i]) for i in (index, 1 - index))
+            assert own < other
+            low, high = BANDS[index]
+            assert sample[low:high].mean() > sample[BANDS[1 - index][0]:BANDS[1 - index][1]].mean() + 3
