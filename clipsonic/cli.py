@@ -96,6 +96,18 @@ def _add_weights(commands: argparse._SubParsersAction, common: argparse.Argument
                           help="where to write (default: clip-<name>.pt in the user weights folder)")
     importer.set_defaults(handler=_weights_import_clip)
 
+    prior = actions.add_parser("import-prior", parents=[common], formatter_class=_formatter,
+                               help="convert LAION's DALL-E 2 prior (latest.pth + prior_config.json) to ours",
+                               description="Read LAION's diffusion prior (a plain state dict or one wrapped under "
+                                           "'ema'/'model'; fp16 or fp32) with its prior_config.json, write it as a "
+                                           "clipsonic checkpoint and verify the copy.")
+    prior.add_argument("path", type=Path, help="the prior checkpoint, e.g. latest.pth")
+    prior.add_argument("--config", type=Path, help="prior_config.json (default: beside the checkpoint; without one "
+                                                   "the architecture is read off the tensor shapes)")
+    prior.add_argument("-o", "--output", type=Path, help="where to write (default: prior-laion.pt in the user "
+                                                         "weights folder)")
+    prior.set_defaults(handler=_weights_import_prior)
+
 
 def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     bench = commands.add_parser("bench", help="time our fast paths against their references",
@@ -144,23 +156,41 @@ def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument("dataset", type=Path, help="dataset folder")
     train.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
     train.add_argument("--preset", default="paper", help="UNet size: paper (~121 M parameters) or tiny")
-    train.add_argument("--steps", type=int, default=500_000, help="total optimisation steps")
-    train.add_argument("--batch-size", type=int, default=32, help="global batch size (split over processes)")
-    train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    train.add_argument("--ema", type=float, default=0.9999, help="EMA decay of the weights that sampling uses")
-    train.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm limit (0: none)")
-    train.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
-    train.add_argument("--save-every", type=int, default=5000, help="checkpoint interval in steps")
-    train.add_argument("--keep", type=int, default=2, help="numbered checkpoints kept besides the latest")
-    train.add_argument("--log-every", type=int, default=100, help="log.jsonl interval in steps")
+    _add_loop_options(train, steps=500_000, weight_decay=0.0)
     train.add_argument("--crop-frames", type=int, default=64, help="mel frames per training crop (64 = 2.048 s)")
     train.add_argument("--cond-drop", type=float, default=0.1, help="probability of the null condition")
     train.add_argument("--text-cond", action="store_true",
                        help='CLIP-TTA baseline: condition on CLIP text embeddings of "a photo of [label]"')
-    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
+
+    prior = commands.add_parser("train-prior", parents=[common], formatter_class=_formatter,
+                                help="train the SD diffusion prior (label text -> CLIP image embedding)",
+                                description="Train the DALL-E 2 diffusion prior from scratch on a dataset folder's "
+                                            '(CLIP text of "a photo of [label]", CLIP image embedding of a frame) '
+                                            "pairs: the paper's SD variant. Resumable and torchrun-able like train.")
+    prior.add_argument("dataset", type=Path, help="dataset folder (with labels.npz)")
+    prior.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    prior.add_argument("--preset", default="paper", help="prior size: paper (LAION's architecture, 12 layers) or tiny")
+    prior.add_argument("--depth", type=int, help="transformer layers (default: the preset's)")
+    _add_loop_options(prior, steps=200_000, weight_decay=0.06)
+    prior.add_argument("--text-drop", type=float, default=0.1, help="probability of hiding the text")
+    prior.set_defaults(handler=_train_prior)
+
+
+def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay: float) -> None:
+    """The optimisation and checkpointing options `train` and `train-prior` share."""
+    parser.add_argument("--steps", type=int, default=steps, help="total optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch size (split over processes)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
+    parser.add_argument("--ema", type=float, default=0.9999, help="EMA decay of the weights that sampling uses")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm limit (0: none)")
+    parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
+    parser.add_argument("--save-every", type=int, default=5000, help="checkpoint interval in steps")
+    parser.add_argument("--keep", type=int, default=2, help="numbered checkpoints kept besides the latest")
+    parser.add_argument("--log-every", type=int, default=100, help="log.jsonl interval in steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -172,10 +202,15 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     query = sample.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help='text query, e.g. "a photo of rain"')
     query.add_argument("--image", type=Path, help="image query (png, jpg, webp, ...)")
-    sample.add_argument("--variant", choices=["iq", "zs"], help="query variant (default: iq for --image, zs for --text)")
+    sample.add_argument("--variant", choices=["iq", "zs", "pd", "sd"],
+                        help="iq: image embedding; zs: text embedding; pd/sd: image embedding drawn from the text by "
+                             "LAION's prior / a prior from train-prior (default: iq for --image; for --text sd or pd "
+                             "when --prior is given, else zs)")
     sample.add_argument("--checkpoint", type=Path, help="UNet checkpoint from `clipsonic train`")
     sample.add_argument("--clip", type=Path, help="the CLIP checkpoint the UNet was trained with")
-    sample.add_argument("--bundle", type=Path, help="a folder holding clip.pt and unet.pt instead")
+    sample.add_argument("--prior", type=Path, help="diffusion prior checkpoint (ours, or LAION's latest.pth)")
+    sample.add_argument("--prior-config", type=Path, help="LAION's prior_config.json (default: beside --prior)")
+    sample.add_argument("--bundle", type=Path, help="a folder holding clip.pt, unet.pt (and prior.pt) instead")
     sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
     sample.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="dpm++", help="sampler")
     sample.add_argument("--steps", type=int, default=25, help="sampling steps (the paper: ddpm with 1000)")
@@ -265,6 +300,23 @@ def _weights_import_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_import_prior(args: argparse.Namespace) -> int:
+    from clipsonic import manifest, prior
+
+    model = prior.load_prior(args.path, args.config)
+    output = args.output or manifest.user_folder() / "prior-laion.pt"
+    prior.save_prior(output, model)
+    copy = prior.load_prior(output)
+    for name, tensor in model.state_dict().items():
+        if not torch_equal(copy.state_dict()[name], tensor):
+            raise ClipsonicError(f"{output}: verification failed: {name} differs from {args.path}")
+    net = model.config.net
+    print(f"read      {args.path} ({model.origin} prior: dim {net.dim}, depth {net.depth}, {net.heads} heads of "
+          f"{net.dim_head}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+    print(f"wrote     {output} (float32; reloads identically)")
+    return 0
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
@@ -316,25 +368,18 @@ def _torch_threads() -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from clipsonic import runtime
     from clipsonic.checkpoint import load_checkpoint
     from clipsonic.data import Dataset
     from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-    from clipsonic.trainloop import CHECKPOINT_NAME, TrainConfig, train
+    from clipsonic.trainloop import CHECKPOINT_NAME, train
     from clipsonic.unet import MelNormalization, UNetConfig
 
-    for name in ("steps", "batch_size", "save_every", "log_every", "crop_frames"):
-        if getattr(args, name) < 1:
-            parser_name = "--" + name.replace("_", "-")
-            raise ClipsonicError(f"{parser_name} must be at least 1")
+    if args.crop_frames < 1:
+        raise ClipsonicError("--crop-frames must be at least 1")
     if not 0 <= args.cond_drop < 1:
         raise ClipsonicError("--cond-drop must be in [0, 1)")
-    device = runtime.resolve_device(args.device)
+    config, device = _loop_config(args)
     settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
-                         save_every=args.save_every, keep=args.keep, log_every=args.log_every,
-                         seed=args.seed if args.seed is not None else 0)
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
     if args.resume and (args.out / CHECKPOINT_NAME).is_file():
         saved = load_checkpoint(args.out / CHECKPOINT_NAME, "unet")
@@ -346,6 +391,46 @@ def _train(args: argparse.Namespace) -> int:
     task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
     log.info("training a %.1f M-parameter UNet on %d clips of %s", sum(p.numel() for p in task.model.parameters())
              / 1e6, len(task.records), args.dataset)
+    path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
+    log.info("done: %s", path)
+    return 0
+
+
+def _loop_config(args: argparse.Namespace):
+    """The TrainConfig and device that `train` and `train-prior` options describe."""
+    from clipsonic import runtime
+    from clipsonic.trainloop import TrainConfig
+
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise ClipsonicError(f"--{name.replace('_', '-')} must be at least 1")
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
+                         save_every=args.save_every, keep=args.keep, log_every=args.log_every,
+                         seed=args.seed if args.seed is not None else 0)
+    return config, runtime.resolve_device(args.device)
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    from clipsonic.checkpoint import load_checkpoint
+    from clipsonic.data import Dataset
+    from clipsonic.prior import PriorConfig
+    from clipsonic.train_prior import PriorTask
+    from clipsonic.trainloop import CHECKPOINT_NAME, train
+
+    if not 0 <= args.text_drop < 1:
+        raise ClipsonicError("--text-drop must be in [0, 1)")
+    config, device = _loop_config(args)
+    prior_config = PriorConfig.preset(args.preset, cond_drop_prob=args.text_drop)
+    if args.depth is not None:
+        if args.depth < 1:
+            raise ClipsonicError("--depth must be at least 1")
+        prior_config = prior_config.replace(net=prior_config.net.replace(depth=args.depth))
+    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
+        prior_config = PriorConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME, "prior")["config"])
+    task = PriorTask(Dataset(args.dataset, split="train"), prior_config)
+    log.info("training a %.1f M-parameter prior on %d labelled clips of %s",
+             sum(p.numel() for p in task.model.parameters()) / 1e6, len(task.records), args.dataset)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
     log.info("done: %s", path)
     return 0
@@ -370,10 +455,11 @@ def _sample(args: argparse.Namespace) -> int:
 
         image = read_image(args.image)
     device, dtype = runtime.resolve_device(args.device), runtime.resolve_dtype(args.dtype)
-    pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, device=device, dtype=dtype)
+    pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
+                             prior_config=args.prior_config, device=device, dtype=dtype)
     variant = args.variant or pipeline.default_variant(image)
-    query = pipeline.query(text=args.text, image=image, variant=variant)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    query = pipeline.query(text=args.text, image=image, variant=variant, seed=seed)
     mel = pipeline.generate_mel(query, args.guidance, args.sampler, args.steps, args.seconds, seed, args.batch,
                                 progress=not args.quiet)
     wavs = pipeline.vocode(mel, seed=seed)[:, : round(args.seconds * pipeline.spectrogram.mel_config.sample_rate)]

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -261,3 +262,32 @@ def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: torch.Ten
         return (1 - scale) * unconditional + scale * conditional
 
     return guided
+
+
+def dalle2_prior_ddim(x0_fn: EpsFn, alphas_cumprod: torch.Tensor, noise: Callable[[tuple[int, ...]], torch.Tensor],
+                      shape: tuple[int, ...], steps: int, eta: float = 1.0) -> torch.Tensor:
+    """DDIM as dalle2-pytorch 1.1.0's prior samples (``p_sample_loop_ddim``), for an x0-predicting model.
+
+    Its quirks are part of what LAION's prior was tuned with, so they are kept: the step
+    times are ``int(linspace(0, T, steps + 2))`` without the last (so sampling starts below
+    T), each step's "alpha" is the cumulative alpha of the *previous* step while the noise
+    estimate uses the step's own, eta defaults to 1, and all arithmetic is in float32 (the
+    dtype of its buffers). `noise(shape)` supplies every Gaussian draw in order: the start,
+    then one per step that does not end at time 0.
+    """
+    abar = alphas_cumprod.float()
+    abar_prev = F.pad(abar[:-1], (1, 0), value=1.0)
+    recip, recipm1 = (1 / abar).sqrt(), (1 / abar - 1).sqrt()
+    total = abar.shape[0]
+    times = list(reversed(torch.linspace(0.0, total, steps + 2)[:-1].int().tolist()))
+    x = noise(shape)
+    for time, time_next in zip(times[:-1], times[1:]):
+        alpha, alpha_next = abar_prev[time], abar_prev[time_next]
+        t = torch.full((shape[0],), time, dtype=torch.long, device=x.device)
+        x0 = x0_fn(x, t)
+        eps = (recip[time] * x - x0) / recipm1[time]
+        c1 = eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
+        c2 = ((1 - alpha_next) - c1.square()).sqrt()
+        drawn = noise(shape) if time_next > 0 else 0.0
+        x = x0 * alpha_next.sqrt() + c1 * drawn + c2 * eps
+    return x

@@ -1,9 +1,10 @@
 """Text or image in, audio out: CLIP query -> (prior) -> spectrogram diffusion -> vocoder.
 
 The `clipsonic sample` command is a thin shell over `Pipeline`. Variants (paper §2): ``iq``
-conditions on the CLIP embedding of an image, ``zs`` on the CLIP text embedding directly.
-(The prior variants ``pd``/``sd`` arrive with the diffusion prior.) Without a vocoder the
-waveform comes from Griffin-Lim.
+conditions on the CLIP embedding of an image, ``zs`` on the CLIP text embedding directly,
+``pd`` and ``sd`` on an image embedding that a diffusion prior draws from the text — LAION's
+pretrained prior (PD) or one trained on the dataset with `train-prior` (SD). Without a
+vocoder the waveform comes from Griffin-Lim.
 """
 
 from __future__ import annotations
@@ -21,22 +22,29 @@ from clipsonic.diffusion import GaussianDiffusion, Sampler, classifier_free_guid
 from clipsonic.errors import ClipsonicError
 
 log = logging.getLogger(__name__)
-VARIANTS = ("iq", "zs")
+VARIANTS = ("iq", "zs", "pd", "sd")
+PRIOR_ORIGIN = {"pd": "laion", "sd": "trained"}
 
 
 @dataclasses.dataclass
 class Pipeline:
     clip: "CLIP"
     spectrogram: "SpectrogramModel"
+    prior: "DiffusionPrior | None" = None
+    prior_steps: int = 64
+    prior_candidates: int = 2
     vocoder: torch.nn.Module | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
-             checkpoint: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+             checkpoint: str | os.PathLike | None = None, prior: str | os.PathLike | None = None,
+             prior_config: str | os.PathLike | None = None, device: torch.device | str = "cpu",
              dtype: torch.dtype | None = None) -> "Pipeline":
-        """Load from explicit checkpoint paths, or a bundle folder holding ``clip.pt`` and ``unet.pt``."""
+        """Load from explicit checkpoint paths, or a bundle folder holding ``clip.pt``, ``unet.pt``
+        and optionally ``prior.pt``."""
         from clipsonic.clip import load_clip
+        from clipsonic.prior import load_prior
         from clipsonic.unet import load_unet
 
         if bundle is not None:
@@ -45,6 +53,8 @@ class Pipeline:
                 raise ClipsonicError(f"{folder}: not a bundle folder")
             clip = clip or folder / "clip.pt"
             checkpoint = checkpoint or folder / "unet.pt"
+            if prior is None and (folder / "prior.pt").is_file():
+                prior = folder / "prior.pt"
         if clip is None or checkpoint is None:
             raise ClipsonicError("no models given: pass a CLIP checkpoint (--clip) and a UNet checkpoint "
                                  "(--checkpoint), or a bundle folder")
@@ -53,10 +63,18 @@ class Pipeline:
         if clip_model.config.embed_dim != spectrogram.embed_dim:
             raise ClipsonicError(f"{clip}: CLIP embeddings are {clip_model.config.embed_dim}-d but {checkpoint} "
                                  f"was trained on {spectrogram.embed_dim}-d ones: use the CLIP it was trained with")
-        return cls(clip=clip_model, spectrogram=spectrogram, device=torch.device(device))
+        prior_model = None
+        if prior is not None:
+            prior_model = load_prior(prior, prior_config, dtype=dtype, device=device)
+            if prior_model.config.net.dim != clip_model.config.text_width or \
+                    prior_model.config.image_embed_dim != clip_model.config.embed_dim:
+                raise ClipsonicError(f"{prior}: the prior is {prior_model.config.net.dim}-d but {clip} has text width "
+                                     f"{clip_model.config.text_width} and {clip_model.config.embed_dim}-d embeddings")
+        return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, device=torch.device(device))
 
     @torch.inference_mode()
-    def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs") -> torch.Tensor:
+    def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",
+              seed: int | None = None) -> torch.Tensor:
         """The CLIP embedding [1, D] the UNet is conditioned on."""
         from clipsonic.clip import preprocess_image
         from clipsonic.tokenizer import tokenize
@@ -74,7 +92,24 @@ class Pipeline:
             raise ClipsonicError(f"variant {variant} needs a text")
         if not text.strip():
             raise ClipsonicError("the text is empty")
-        return self.clip.encode_text(tokenize([text], self.clip.config.context_length).to(self.device))
+        tokens = tokenize([text], self.clip.config.context_length).to(self.device)
+        if variant in PRIOR_ORIGIN:
+            return self.prior_embedding(tokens, variant, seed)
+        return self.clip.encode_text(tokens)
+
+    def prior_embedding(self, tokens: torch.Tensor, variant: str, seed: int | None) -> torch.Tensor:
+        """The image embedding [B, D] the prior draws for the texts (best of `prior_candidates`)."""
+        from clipsonic.prior import text_condition
+
+        if self.prior is None:
+            raise ClipsonicError(f"variant {variant} needs a diffusion prior (--prior)")
+        if self.prior.origin != PRIOR_ORIGIN[variant]:
+            kinds = {"laion": "LAION's pretrained prior (variant pd)", "trained": "a prior from train-prior (variant sd)"}
+            raise ClipsonicError(f"variant {variant} needs {kinds[PRIOR_ORIGIN[variant]]}, but the prior given is "
+                                 f"{kinds[self.prior.origin]}")
+        text_embed, encodings = text_condition(self.clip, tokens)
+        generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        return self.prior.sample(text_embed, encodings, self.prior_candidates, self.prior_steps, generator)
 
     @torch.inference_mode()
     def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
@@ -108,7 +143,12 @@ class Pipeline:
         return griffin_lim(log_mel.cpu(), self.spectrogram.mel_config, seed=seed)
 
     def default_variant(self, image: np.ndarray | None) -> str:
-        return "iq" if image is not None else "zs"
+        """iq for an image; for a text sd or pd when a prior is loaded, else zs."""
+        if image is not None:
+            return "iq"
+        if self.prior is not None:
+            return "sd" if self.prior.origin == "trained" else "pd"
+        return "zs"
 
     def generate(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
                  guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
@@ -117,7 +157,7 @@ class Pipeline:
 
         `variant` None picks ``iq`` for an image and the best text variant available otherwise.
         """
-        query = self.query(text=text, image=image, variant=variant or self.default_variant(image))
+        query = self.query(text=text, image=image, variant=variant or self.default_variant(image), seed=seed)
         mel = self.generate_mel(query, guidance, sampler, steps, seconds, seed, batch)
         wav = self.vocode(mel, seed=seed or 0)
         return wav[:, : round(seconds * self.spectrogram.mel_config.sample_rate)]

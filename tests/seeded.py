@@ -12,8 +12,10 @@ import re
 import numpy as np
 import torch
 
-_NORM_WEIGHT = re.compile(r"(^|\.)(ln_\w+|norm\w*|layer_?norm\w*)\.weight$")
+_NORM_WEIGHT = re.compile(r"(^|\.)(ln_\w+|norm\w*|layer_?norm\w*)\.weight$|\.g$")
 _NORM_BIAS = re.compile(r"(^|\.)(ln_\w+|norm\w*|layer_?norm\w*)\.bias$")
+# Learned stand-in vectors (null tokens, queries) are drawn like the activations they replace.
+_TOKEN_LIKE = re.compile(r"(null_kv|learned_query|null_text_embed)$")
 # Matrices used as x @ W (rather than nn.Linear's x @ W.T) have their fan-in first.
 _INPUT_FIRST = re.compile(r"(^|\.)(proj|text_projection)$")
 
@@ -24,6 +26,8 @@ def seeded_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
         return 1.0 + 0.1 * z
     if _NORM_BIAS.search(name):
         return 0.1 * z
+    if _TOKEN_LIKE.search(name):
+        return z
     if name.endswith("logit_scale"):
         return np.full(shape, np.log(1 / 0.07), dtype=np.float32)
     if len(shape) >= 2:

@@ -11,21 +11,26 @@ from clipsonic import clip
 from clipsonic.trainloop import TrainConfig, train
 from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
 from clipsonic.data import Dataset
+from clipsonic.prior import PriorConfig
+from clipsonic.train_prior import PriorTask
 from clipsonic.unet import UNetConfig
 from toydata import make_toy_dataset
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A tiny CLIP (64-d embeddings) and a UNet trained two steps on 64-d toy embeddings."""
+    """A tiny CLIP (64-d embeddings, 64-wide text), a UNet and an SD prior trained two steps on toy data."""
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    clip.save_clip(folder / "clip.pt", clip.CLIP(clip.CLIPConfig.preset("tiny")))
-    data = make_toy_dataset(folder / "data", embed_dim=64)
+    clip.save_clip(folder / "clip.pt", clip.CLIP(clip.CLIPConfig.preset("tiny", text_width=64, text_mlp_width=256)))
+    data = make_toy_dataset(folder / "data", embed_dim=64, text_width=64)
     task = DiffusionTask(Dataset(data, split="train"), UNetConfig.preset("tiny"),
                          DiffusionTrainingConfig(crop_frames=16, diffusion_steps=100))
     train(task, TrainConfig(steps=2, batch_size=2, save_every=2, keep=0), folder / "run", progress=False)
     shutil.copy(folder / "run" / "checkpoint.pt", folder / "unet.pt")
+    prior_task = PriorTask(Dataset(data, split="train"), PriorConfig.preset("tiny"))
+    train(prior_task, TrainConfig(steps=2, batch_size=2, save_every=2, keep=0), folder / "prior-run", progress=False)
+    shutil.copy(folder / "prior-run" / "checkpoint.pt", folder / "sd-prior.pt")
     return folder
 
 
@@ -90,3 +95,17 @@ def test_pipeline_api(models):
     wav = pipeline.generate(text="a photo of rain", steps=2, seconds=0.5, seed=3, batch=2)
     assert wav.shape == (2, 8000)
     torch.testing.assert_close(wav, pipeline.generate(text="a photo of rain", steps=2, seconds=0.5, seed=3, batch=2))
+
+
+def test_prior_variants(models, tmp_path):
+    prior = str(models / "sd-prior.pt")
+    done = sample(models, "--text", "a photo of rain", "--prior", prior, "--seed", "2", "-o", str(tmp_path / "sd.wav"),
+                  "-v")
+    assert done.returncode == 0, done.stderr
+    assert "variant sd" in done.stderr
+    again = sample(models, "--text", "a photo of rain", "--prior", prior, "--seed", "2", "-o", str(tmp_path / "sd2.wav"))
+    assert np.array_equal(soundfile.read(tmp_path / "sd.wav")[0], soundfile.read(tmp_path / "sd2.wav")[0])
+    wrong = sample(models, "--text", "rain", "--prior", prior, "--variant", "pd", "-o", str(tmp_path / "pd.wav"))
+    assert wrong.returncode == 1 and "variant pd needs LAION's pretrained prior" in wrong.stderr
+    missing = sample(models, "--text", "rain", "--variant", "sd", "-o", str(tmp_path / "x.wav"))
+    assert missing.returncode == 1 and "variant sd needs a diffusion prior (--prior)" in missing.stderr

@@ -37,9 +37,16 @@ def _choose(op: str, impl: str | None) -> Callable:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-              impl: str | None = None) -> torch.Tensor:
-    """Scaled dot-product attention, q [B, H, Lq, D], k/v [B, H, Lk, D] -> [B, H, Lq, D]."""
-    return _choose("attention", impl)(q, k, v, causal=causal)
+              impl: str | None = None, bias: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """Scaled dot-product attention, q [B, H, Lq, D], k/v [B, H, Lk, D] -> [B, H, Lq, D].
+
+    `bias`: optional additive logits (relative positions, -inf masks) [.., Lq, Lk];
+    `dropout`: attention-probability dropout while training. Calls using either go to an
+    implementation that supports them (today the reference).
+    """
+    if bias is None and dropout == 0.0:
+        return _choose("attention", impl)(q, k, v, causal=causal)
+    return _choose("attention", impl)(q, k, v, causal=causal, bias=bias, dropout=dropout)
 
 
 def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,

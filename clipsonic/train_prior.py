@@ -1,0 +1,62 @@
+"""Training the SD diffusion prior on a dataset folder (`clipsonic train-prior`).
+
+Each sample pairs a clip's label text — the CLIP text embedding and token encodings of
+"a photo of [label]", precomputed in the dataset's labels.npz — with the CLIP image
+embedding of one of the clip's frames, drawn at random. The text is hidden with probability
+``cond_drop_prob`` (10 %). Optimiser and loop: `clipsonic.trainloop` (AdamW, EMA, resumable,
+torchrun-able), with the paper's prior settings as defaults (lr 1e-4, weight decay 0.06).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsonic.data import Dataset
+from clipsonic.errors import ClipsonicError
+from clipsonic.prior import CHECKPOINT_KIND, CHECKPOINT_VERSION, DiffusionPrior, PriorConfig
+from clipsonic.trainloop import StepContext, epoch_indices
+
+
+class PriorTask:
+    kind = CHECKPOINT_KIND
+    version = CHECKPOINT_VERSION
+
+    def __init__(self, dataset: Dataset, config: PriorConfig) -> None:
+        labels = dataset.labels()
+        width = labels["token_encodings"].shape[-1]
+        if width != dataset.embed_dim:
+            raise ClipsonicError(f"{dataset.folder}: token encodings are {width}-d but embeddings {dataset.embed_dim}-d; "
+                                 "the prior needs a CLIP whose text width equals its embedding size (ViT-L/14)")
+        if config.image_embed_dim != dataset.embed_dim:
+            config = config.replace(net=config.net.replace(dim=dataset.embed_dim), image_embed_dim=dataset.embed_dim)
+        self.dataset = dataset
+        self.index = {str(label): row for row, label in enumerate(labels["labels"])}
+        self.records = [r for r in dataset.records if r.label in self.index and r.frame_count > 0]
+        if not self.records:
+            raise ClipsonicError(f"{dataset.folder}: no labelled training clip with frames to train the prior on")
+        self.text_embeddings = torch.from_numpy(np.asarray(labels["text_embeddings"], dtype=np.float32))
+        self.token_encodings = torch.from_numpy(np.asarray(labels["token_encodings"], dtype=np.float32))
+        self.model = DiffusionPrior(config)
+
+    def loss(self, model: torch.nn.Module, context: StepContext) -> torch.Tensor:
+        picks = epoch_indices(len(self.records), context.batch_size, context.step, context.rank, context.world,
+                              context.seed)
+        images, rows = [], []
+        for index in picks:
+            record = self.records[index]
+            frame = int(torch.randint(0, record.frame_count, (1,), generator=context.generator))
+            images.append(self.dataset.image_embeddings(record)[frame])
+            rows.append(self.index[record.label])
+        rows_tensor = torch.tensor(rows)
+        image = torch.from_numpy(np.stack(images)).to(context.device)
+        return model(image, self.text_embeddings[rows_tensor].to(context.device),
+                     self.token_encodings[rows_tensor].to(context.device), context.generator)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return self.model.config.to_dict()
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"clip": self.dataset.info.get("clip"), "text_template": self.dataset.text_template, "origin": "trained"}
