@@ -198,7 +198,7 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
                                  help="generate audio from a text or an image",
                                  description="Generate audio from a text (ZS: its CLIP text embedding) or an "
                                              "image (IQ: its CLIP image embedding) with a trained UNet; "
-                                             "Griffin-Lim turns the mel into a waveform.")
+                                             "BigVGAN (--vocoder) or Griffin-Lim turns the mel into a waveform.")
     query = sample.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help='text query, e.g. "a photo of rain"')
     query.add_argument("--image", type=Path, help="image query (png, jpg, webp, ...)")
@@ -210,7 +210,10 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     sample.add_argument("--clip", type=Path, help="the CLIP checkpoint the UNet was trained with")
     sample.add_argument("--prior", type=Path, help="diffusion prior checkpoint (ours, or LAION's latest.pth)")
     sample.add_argument("--prior-config", type=Path, help="LAION's prior_config.json (default: beside --prior)")
-    sample.add_argument("--bundle", type=Path, help="a folder holding clip.pt, unet.pt (and prior.pt) instead")
+    sample.add_argument("--vocoder", type=Path, help="BigVGAN checkpoint (ours, or NVIDIA's bigvgan_generator.pt); "
+                                                     "default: Griffin-Lim")
+    sample.add_argument("--vocoder-config", type=Path, help="NVIDIA's config.json (default: beside --vocoder)")
+    sample.add_argument("--bundle", type=Path, help="a folder holding clip.pt, unet.pt (and prior.pt, vocoder.pt) instead")
     sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
     sample.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="dpm++", help="sampler")
     sample.add_argument("--steps", type=int, default=25, help="sampling steps (the paper: ddpm with 1000)")
@@ -456,7 +459,8 @@ def _sample(args: argparse.Namespace) -> int:
         image = read_image(args.image)
     device, dtype = runtime.resolve_device(args.device), runtime.resolve_dtype(args.dtype)
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
-                             prior_config=args.prior_config, device=device, dtype=dtype)
+                             prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
+                             device=device, dtype=dtype)
     variant = args.variant or pipeline.default_variant(image)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     query = pipeline.query(text=args.text, image=image, variant=variant, seed=seed)

@@ -3,8 +3,8 @@
 The `clipsonic sample` command is a thin shell over `Pipeline`. Variants (paper §2): ``iq``
 conditions on the CLIP embedding of an image, ``zs`` on the CLIP text embedding directly,
 ``pd`` and ``sd`` on an image embedding that a diffusion prior draws from the text — LAION's
-pretrained prior (PD) or one trained on the dataset with `train-prior` (SD). Without a
-vocoder the waveform comes from Griffin-Lim.
+pretrained prior (PD) or one trained on the dataset with `train-prior` (SD). A BigVGAN
+vocoder turns the mel into a waveform, or Griffin-Lim when none is given.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ class Pipeline:
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, prior: str | os.PathLike | None = None,
-             prior_config: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+             prior_config: str | os.PathLike | None = None, vocoder: str | os.PathLike | None = None,
+             vocoder_config: str | os.PathLike | None = None, device: torch.device | str = "cpu",
              dtype: torch.dtype | None = None) -> "Pipeline":
         """Load from explicit checkpoint paths, or a bundle folder holding ``clip.pt``, ``unet.pt``
-        and optionally ``prior.pt``."""
+        and optionally ``prior.pt`` and ``vocoder.pt``."""
         from clipsonic.clip import load_clip
         from clipsonic.prior import load_prior
         from clipsonic.unet import load_unet
@@ -55,6 +56,8 @@ class Pipeline:
             checkpoint = checkpoint or folder / "unet.pt"
             if prior is None and (folder / "prior.pt").is_file():
                 prior = folder / "prior.pt"
+            if vocoder is None and (folder / "vocoder.pt").is_file():
+                vocoder = folder / "vocoder.pt"
         if clip is None or checkpoint is None:
             raise ClipsonicError("no models given: pass a CLIP checkpoint (--clip) and a UNet checkpoint "
                                  "(--checkpoint), or a bundle folder")
@@ -70,7 +73,18 @@ class Pipeline:
                     prior_model.config.image_embed_dim != clip_model.config.embed_dim:
                 raise ClipsonicError(f"{prior}: the prior is {prior_model.config.net.dim}-d but {clip} has text width "
                                      f"{clip_model.config.text_width} and {clip_model.config.embed_dim}-d embeddings")
-        return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, device=torch.device(device))
+        vocoder_model = None
+        if vocoder is not None:
+            from clipsonic.vocoder import load_bigvgan
+
+            vocoder_model = load_bigvgan(vocoder, vocoder_config, dtype=dtype, device=device)
+            theirs, ours = vocoder_model.config.mel_config, spectrogram.mel_config
+            if (theirs.sample_rate, theirs.n_mels, theirs.hop_size) != (ours.sample_rate, ours.n_mels, ours.hop_size):
+                raise ClipsonicError(f"{vocoder}: the vocoder expects {theirs.n_mels} mels at {theirs.sample_rate} Hz, hop "
+                                     f"{theirs.hop_size}; {checkpoint} makes {ours.n_mels} at {ours.sample_rate} Hz, "
+                                     f"hop {ours.hop_size}")
+        return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, vocoder=vocoder_model,
+                   device=torch.device(device))
 
     @torch.inference_mode()
     def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",

@@ -28,6 +28,8 @@ def seeded_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
         return 0.1 * z
     if _TOKEN_LIKE.search(name):
         return z
+    if name.endswith("weight_g"):  # weight-norm magnitudes: positive, moderate
+        return 0.3 + 0.05 * z
     if name.endswith("logit_scale"):
         return np.full(shape, np.log(1 / 0.07), dtype=np.float32)
     if len(shape) >= 2:

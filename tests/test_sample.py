@@ -109,3 +109,20 @@ def test_prior_variants(models, tmp_path):
     assert wrong.returncode == 1 and "variant pd needs LAION's pretrained prior" in wrong.stderr
     missing = sample(models, "--text", "rain", "--variant", "sd", "-o", str(tmp_path / "x.wav"))
     assert missing.returncode == 1 and "variant sd needs a diffusion prior (--prior)" in missing.stderr
+
+
+def test_bigvgan_vocoder(models, tmp_path):
+    from clipsonic.vocoder import BigVGAN, BigVGANConfig, save_bigvgan
+
+    torch.manual_seed(0)
+    save_bigvgan(tmp_path / "voc16.pt", BigVGAN(BigVGANConfig.preset("tiny", num_mels=16)))
+    save_bigvgan(tmp_path / "voc64.pt", BigVGAN(BigVGANConfig.preset("tiny")))
+    done = sample(models, "--text", "rain", "--vocoder", str(tmp_path / "voc16.pt"), "--seed", "1",
+                  "-o", str(tmp_path / "v.wav"))
+    assert done.returncode == 0, done.stderr
+    wav, rate = soundfile.read(tmp_path / "v.wav")
+    assert rate == 16000 and wav.shape == (16000,) and np.abs(wav).max() <= 1.0
+    griffin = sample(models, "--text", "rain", "--seed", "1", "-o", str(tmp_path / "g.wav"))
+    assert griffin.returncode == 0 and not np.array_equal(soundfile.read(tmp_path / "g.wav")[0], wav)
+    wrong = sample(models, "--text", "rain", "--vocoder", str(tmp_path / "voc64.pt"), "-o", str(tmp_path / "w.wav"))
+    assert wrong.returncode == 1 and "the vocoder expects 64 mels" in wrong.stderr

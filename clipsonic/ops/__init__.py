@@ -6,6 +6,6 @@ per call: the `impl` argument, else ``$CLIPSONIC_OPS=reference``, else the faste
 Importing this package imports neither Triton nor any extension.
 """
 
-from clipsonic.ops.dispatch import IMPLEMENTATIONS, attention, group_norm
+from clipsonic.ops.dispatch import IMPLEMENTATIONS, anti_alias_activation, attention, group_norm
 
-__all__ = ["IMPLEMENTATIONS", "attention", "group_norm"]
+__all__ = ["IMPLEMENTATIONS", "anti_alias_activation", "attention", "group_norm"]

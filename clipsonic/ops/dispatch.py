@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from clipsonic.ops.anti_alias_reference import anti_alias_activation_reference
 from clipsonic.ops.attention_reference import attention_reference
 from clipsonic.ops.group_norm_reference import group_norm_reference
 
@@ -22,6 +23,7 @@ ENVIRONMENT_VARIABLE = "CLIPSONIC_OPS"
 _REGISTRY: dict[str, dict[str, Callable]] = {
     "attention": {"reference": attention_reference},
     "group_norm": {"reference": group_norm_reference},
+    "anti_alias_activation": {"reference": anti_alias_activation_reference},
 }
 
 
@@ -54,3 +56,12 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bi
                silu: bool = False, impl: str | None = None) -> torch.Tensor:
     """GroupNorm (+ h*(1+scale)+shift, + SiLU) of x [B, C, *spatial]; statistics in float32."""
     return _choose("group_norm", impl)(x, num_groups, weight, bias, eps, scale=scale, shift=shift, silu=silu)
+
+
+def anti_alias_activation(x: torch.Tensor, up_filter: torch.Tensor, down_filter: torch.Tensor, alpha: torch.Tensor,
+                          beta: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
+    """BigVGAN's anti-aliased Snake(Beta) on x [B, C, T]: 2x up, x + sin^2(alpha x) / beta, 2x down.
+
+    `alpha`, `beta` [C] are on the linear scale (beta None: Snake, beta = alpha).
+    """
+    return _choose("anti_alias_activation", impl)(x, up_filter, down_filter, alpha, beta)
