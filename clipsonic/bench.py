@@ -64,7 +64,7 @@ def bench_clip(model_fp32, batches: Sequence[int], dtypes: Sequence[str], repeat
             if name == "fp32":
                 continue
             seconds, best, out = time_call(lambda: model.encode_image(pixels), repeat, warmup)
-            agreement = torch.nn.functional.cosine_similarity(out.float(), reference_out.float()).min().item()
+            agreement = torch.nn.functional.cosine_similarity(out.double(), reference_out.double()).min().item()
             rows.append(Timing("clip.encode_image", batch, name, seconds, best, reference_seconds / seconds, agreement))
     return rows
 
@@ -115,7 +115,7 @@ def bench_sample(unet_preset: str = "paper", clip_preset: str = "paper", seconds
     step32, best32, out32 = time_call(lambda: unet32(x, t, cond, drop), repeat)
     rows.append(Timing(f"unet step, guided batch 2 x {frames} frames (reference: fp32)", 2, "fp32", step32, best32, 1.0, 1.0))
     step16, best16, out16 = time_call(lambda: unet16(x, t, cond, drop), repeat)
-    agreement = torch.nn.functional.cosine_similarity(out16.flatten(), out32.flatten(), dim=0).item()
+    agreement = torch.nn.functional.cosine_similarity(out16.double().flatten(), out32.double().flatten(), dim=0).item()
     rows.append(Timing(f"unet step, guided batch 2 x {frames} frames", 2, "bf16", step16, best16, step32 / step16, agreement))
 
     tokens = tokenize(["a photo of rain"], clip32.config.context_length)
@@ -139,4 +139,52 @@ def bench_sample(unet_preset: str = "paper", clip_preset: str = "paper", seconds
     label = "measured" if measured_reference_steps == reference_steps else f"{measured_reference_steps} steps timed, scaled"
     rows.append(Timing(f"{name} (reference: DDPM-{reference_steps}, {label})", 1, "fp32", reference, reference, 1.0))
     rows.append(Timing(f"{name}, DPM-Solver++ {steps} steps", 1, "bf16", ours, ours_best, reference / ours))
+    return rows
+
+
+def bench_vocoder(presets: Sequence[str] = ("paper", "paper-large"), seconds: float = 4.0, repeat: int = 3,
+                  seed: int = 0) -> list[Timing]:
+    """The anti-aliased activation (compiled against the reference) on typical BigVGAN shapes, then
+    whole BigVGANs (random weights) on `seconds` of audio: the reference activations in float32
+    (what NVIDIA's torch path computes) against ours in float32 and bfloat16."""
+    import copy
+
+    from clipsonic import ops
+    from clipsonic.nn import set_precision
+    from clipsonic.ops.anti_alias_reference import kaiser_sinc_filter
+    from clipsonic.vocoder import BigVGAN, BigVGANConfig
+
+    generator = torch.Generator().manual_seed(seed)
+    taps = kaiser_sinc_filter(0.25, 0.3, 12)
+    rows = []
+    samples = int(seconds * 16000)
+    for channels, length in ((256, samples // 64), (64, samples // 4), (32, samples)):
+        x = torch.randn(1, channels, length, generator=generator)
+        alpha, beta = torch.rand(channels, generator=generator) + 0.5, torch.rand(channels, generator=generator) + 0.5
+        name = f"anti_alias_activation [1, {channels}, {length}]"
+        ref, ref_best, ref_out = time_call(lambda: ops.anti_alias_activation(x, taps, taps, alpha, beta,
+                                                                            impl="reference"), repeat)
+        rows.append(Timing(f"{name} (reference)", 1, "fp32", ref, ref_best, 1.0, 1.0))
+        for dtype in (torch.float32, torch.bfloat16):
+            xd = x.to(dtype)
+            ours, best, out = time_call(lambda: ops.anti_alias_activation(xd, taps, taps, alpha, beta, impl="cpp"),
+                                        repeat)
+            agreement = torch.nn.functional.cosine_similarity(out.double().flatten(), ref_out.double().flatten(), dim=0).item()
+            rows.append(Timing(f"{name} (C++)", 1, "fp32" if dtype == torch.float32 else "bf16", ours, best,
+                               ref / ours, agreement))
+    frames = round(seconds * 16000 / 512)
+    for preset in presets:
+        torch.manual_seed(seed)
+        reference = BigVGAN(BigVGANConfig.preset(preset)).eval().use_activation_impl("reference")
+        mel = torch.randn(1, reference.config.num_mels, frames, generator=generator) - 5
+        fast = copy.deepcopy(reference).use_activation_impl(None)
+        fast16 = set_precision(copy.deepcopy(fast), torch.bfloat16)
+        name = f"BigVGAN {preset} ({reference.config.upsample_initial_channel} ch), {seconds:g} s"
+        ref, ref_best, ref_out = time_call(lambda: reference(mel), repeat)
+        rows.append(Timing(f"{name} (reference activations)", 1, "fp32", ref, ref_best, 1.0, 1.0))
+        for label, model in (("fp32", fast), ("bf16", fast16)):
+            ours, best, out = time_call(lambda: model(mel), repeat)
+            error = ((out.float() - ref_out).norm() / ref_out.norm()).item()
+            rows.append(Timing(f"{name} (relative error {error:.1e})", 1, label, ours, best, ref / ours,
+                               torch.nn.functional.cosine_similarity(out.double().flatten(), ref_out.double().flatten(), dim=0).item()))
     return rows

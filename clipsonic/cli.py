@@ -146,6 +146,18 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     sample.add_argument("--json", type=Path, help="also write the rows as JSON here")
     sample.set_defaults(handler=_bench_sample)
 
+    vocoder = targets.add_parser("vocoder", parents=[common], formatter_class=_formatter,
+                                 help="BigVGAN: the C++ anti-aliased activation and the whole vocoder vs the reference",
+                                 description="Time the anti-aliased activation (C++ against the PyTorch reference, "
+                                             "which computes what NVIDIA's torch path does) on typical BigVGAN shapes, "
+                                             "and whole BigVGANs (random weights) on a few seconds of audio.")
+    vocoder.add_argument("--preset", nargs="+", default=["paper", "paper-large"],
+                         help="BigVGAN sizes (paper: 512 channels, paper-large: 1536, tiny)")
+    vocoder.add_argument("--seconds", type=float, default=4.0, help="audio length")
+    vocoder.add_argument("--repeat", type=int, default=3, help="timed runs per case (the median is reported)")
+    vocoder.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    vocoder.set_defaults(handler=_bench_vocoder)
+
 
 def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     train = commands.add_parser("train", parents=[common], formatter_class=_formatter,
@@ -352,6 +364,18 @@ def _bench_sample(args: argparse.Namespace) -> int:
     rows = bench.bench_sample(args.preset, args.clip_preset, args.seconds, args.steps, args.reference_steps,
                               args.reference_steps if args.full_reference else 5, args.repeat)
     _print_rows(rows, args.json)
+    return 0
+
+
+def _bench_vocoder(args: argparse.Namespace) -> int:
+    from clipsonic import bench
+    from clipsonic.ops import anti_alias_native
+
+    if args.repeat < 1 or args.seconds <= 0:
+        raise ClipsonicError("--repeat must be at least 1 and --seconds positive")
+    if anti_alias_native.cpu_module() is None:
+        raise ClipsonicError("the C++ anti-aliased activation cannot be built here (see the warning above)")
+    _print_rows(bench.bench_vocoder(args.preset, args.seconds, args.repeat), args.json)
     return 0
 
 

@@ -121,10 +121,12 @@ class AntiAliasedSnake(nn.Module):
         self.act = SnakeParameters(channels, config.activation == "snakebeta", config.snake_logscale)
         self.upsample = Upsample()
         self.downsample = Downsample()
+        self.impl: str | None = None  # None: the fastest kernel that applies (see clipsonic.ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, beta = self.act.linear()
-        return ops.anti_alias_activation(x, self.upsample.filter, self.downsample.lowpass.filter, alpha, beta)
+        return ops.anti_alias_activation(x, self.upsample.filter, self.downsample.lowpass.filter, alpha, beta,
+                                         impl=self.impl)
 
 
 def _padding(kernel: int, dilation: int) -> int:
@@ -176,6 +178,13 @@ class BigVGAN(nn.Module):
         channels = width // 2 ** len(config.upsample_rates)
         self.activation_post = AntiAliasedSnake(channels, config)
         self.conv_post = nn.Conv1d(channels, 1, 7, padding=3, bias=config.use_bias_at_final)
+
+    def use_activation_impl(self, impl: str | None) -> "BigVGAN":
+        """Run every anti-aliased activation with `impl` ("reference", "cpp", "cuda"; None: fastest)."""
+        for module in self.modules():
+            if isinstance(module, AntiAliasedSnake):
+                module.impl = impl
+        return self
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """Waveform [B, 1, frames * hop] from a log-mel [B, num_mels, frames]."""

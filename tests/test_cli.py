@@ -134,3 +134,12 @@ def test_bench_clip_prints_ratios(tmp_path):
     assert "| clip.encode_image | 1 | bf16 |" in done.stdout
     rows = json.loads(out.read_text())
     assert [row["dtype"] for row in rows] == ["fp32", "bf16"] and rows[1]["ratio"] > 0
+
+
+def test_bench_vocoder(tmp_path):
+    out = tmp_path / "vocoder.json"
+    done = run_cli("bench", "vocoder", "--preset", "tiny", "--seconds", "0.25", "--repeat", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert any("(C++)" in row["name"] and row["ratio"] > 0 for row in rows)
+    assert any(row["name"].startswith("BigVGAN tiny") and row["dtype"] == "bf16" for row in rows)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from clipsonic.ops import anti_alias_native
 from clipsonic.ops.anti_alias_reference import anti_alias_activation_reference
 from clipsonic.ops.attention_reference import attention_reference
 from clipsonic.ops.group_norm_reference import group_norm_reference
@@ -23,7 +24,9 @@ ENVIRONMENT_VARIABLE = "CLIPSONIC_OPS"
 _REGISTRY: dict[str, dict[str, Callable]] = {
     "attention": {"reference": attention_reference},
     "group_norm": {"reference": group_norm_reference},
-    "anti_alias_activation": {"reference": anti_alias_activation_reference},
+    "anti_alias_activation": {"reference": anti_alias_activation_reference,
+                              "cpp": anti_alias_native.anti_alias_activation_cpp,
+                              "cuda": anti_alias_native.anti_alias_activation_cuda},
 }
 
 
@@ -62,6 +65,24 @@ def anti_alias_activation(x: torch.Tensor, up_filter: torch.Tensor, down_filter:
                           beta: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
     """BigVGAN's anti-aliased Snake(Beta) on x [B, C, T]: 2x up, x + sin^2(alpha x) / beta, 2x down.
 
-    `alpha`, `beta` [C] are on the linear scale (beta None: Snake, beta = alpha).
+    `alpha`, `beta` [C] are on the linear scale (beta None: Snake, beta = alpha). With
+    `impl` None the compiled kernel for x's device is used when it applies (12-tap filters, no
+    gradient needed, a supported dtype) and builds; otherwise the reference.
     """
+    if impl is None and os.environ.get(ENVIRONMENT_VARIABLE) != "reference":
+        impl = _compiled_anti_alias(x, up_filter, down_filter, alpha, beta)
     return _choose("anti_alias_activation", impl)(x, up_filter, down_filter, alpha, beta)
+
+
+def _compiled_anti_alias(x: torch.Tensor, up_filter: torch.Tensor, down_filter: torch.Tensor, alpha: torch.Tensor,
+                         beta: torch.Tensor | None) -> str | None:
+    """"cpp" or "cuda" when that kernel can compute this call, else None (the reference)."""
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, alpha, beta))
+    if needs_grad or up_filter.numel() != 12 or down_filter.numel() != 12 or x.dim() != 3:
+        return None
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        return "cpp" if anti_alias_native.cpu_module() is not None else None
+    if x.device.type == "cuda" and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+            and x.shape[0] * x.shape[1] <= 65535:
+        return "cuda" if anti_alias_native.cuda_module() is not None else None
+    return None
