@@ -1,6 +1,7 @@
 """The compiled anti-aliased activations against the reference (C++ here; CUDA where a GPU exists)."""
 
 import logging
+import os
 import shutil
 import subprocess
 
@@ -19,6 +20,8 @@ TAPS = kaiser_sinc_filter(0.25, 0.3, 12)
 def cpp():
     module = anti_alias_native.cpu_module()
     if module is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C++ extension must build in CI (compiler, ninja and Python headers are installed)")
         pytest.skip("no C++ toolchain to build the extension")
     return module
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +40,17 @@ def _machine_fingerprint() -> str:
     return f"{platform.machine()}|{platform.processor()}|{model}"
 
 
+def _ninja_on_path() -> None:
+    """torch finds ninja on PATH; the `ninja` package (a dependency) may have put it elsewhere."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except (ImportError, AttributeError):
+            pass
+
+
 @lru_cache(maxsize=None)
 def load(name: str, sources: tuple[str, ...], cuda: bool = False) -> ModuleType | None:
     """The compiled extension `name` from csrc/`sources`, or None (reason logged once)."""
@@ -46,6 +58,7 @@ def load(name: str, sources: tuple[str, ...], cuda: bool = False) -> ModuleType 
         import torch
         from torch.utils import cpp_extension
 
+        _ninja_on_path()
         paths = [source_folder() / source for source in sources]
         digest = hashlib.sha256()
         for path in paths:
