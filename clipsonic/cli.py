@@ -188,14 +188,33 @@ def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     prior.add_argument("--text-drop", type=float, default=0.1, help="probability of hiding the text")
     prior.set_defaults(handler=_train_prior)
 
+    vocoder = commands.add_parser("train-vocoder", parents=[common], formatter_class=_formatter,
+                                  help="train the BigVGAN vocoder on a folder of audio (or videos)",
+                                  description="Train BigVGAN with multi-period and multi-resolution discriminators, "
+                                              "least-squares GAN, feature-matching and mel-L1 losses on random "
+                                              "segments of the audio in a folder (videos' soundtracks too); the last "
+                                              "part of the audio is held out and its mel-L1 logged. Resumable and "
+                                              "torchrun-able like train.")
+    vocoder.add_argument("audio", type=Path, help="folder of audio or video files (searched recursively), or a "
+                                                  "dataset folder (its training clips' source files)")
+    vocoder.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    vocoder.add_argument("--preset", default="paper", help="BigVGAN size: paper (512 channels), paper-large (1536), tiny")
+    vocoder.add_argument("--segment-samples", type=int, default=32768, help="training segment length in samples")
+    vocoder.add_argument("--discriminator-width", type=int, default=32, help="discriminators' base channel count")
+    vocoder.add_argument("--validate-every", type=int, default=1000, help="held-out mel-L1 interval in steps")
+    _add_loop_options(vocoder, steps=500_000, weight_decay=0.01, batch_size=16, ema=0.0)
+    vocoder.add_argument("--lr-decay", type=float, default=0.9999996, help="per-step learning-rate decay factor")
+    vocoder.set_defaults(handler=_train_vocoder)
 
-def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay: float) -> None:
-    """The optimisation and checkpointing options `train` and `train-prior` share."""
+
+def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay: float, batch_size: int = 32,
+                      ema: float = 0.9999) -> None:
+    """The optimisation and checkpointing options the trainers share."""
     parser.add_argument("--steps", type=int, default=steps, help="total optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=32, help="global batch size (split over processes)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (split over processes)")
     parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
-    parser.add_argument("--ema", type=float, default=0.9999, help="EMA decay of the weights that sampling uses")
+    parser.add_argument("--ema", type=float, default=ema, help="EMA decay of the weights that sampling uses (0: none)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm limit (0: none)")
     parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
     parser.add_argument("--save-every", type=int, default=5000, help="checkpoint interval in steps")
@@ -423,8 +442,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop_config(args: argparse.Namespace):
-    """The TrainConfig and device that `train` and `train-prior` options describe."""
+def _loop_config(args: argparse.Namespace, **settings):
+    """The TrainConfig and device that the trainers' options describe (`settings` override)."""
     from clipsonic import runtime
     from clipsonic.trainloop import TrainConfig
 
@@ -434,8 +453,36 @@ def _loop_config(args: argparse.Namespace):
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
                          save_every=args.save_every, keep=args.keep, log_every=args.log_every,
-                         seed=args.seed if args.seed is not None else 0)
+                         seed=args.seed if args.seed is not None else 0, **settings)
     return config, runtime.resolve_device(args.device)
+
+
+def _train_vocoder(args: argparse.Namespace) -> int:
+    from clipsonic.checkpoint import load_checkpoint
+    from clipsonic.train_vocoder import VocoderTask, VocoderTrainingConfig
+    from clipsonic.trainloop import CHECKPOINT_NAME, train
+    from clipsonic.vocoder import BigVGANConfig
+
+    if args.segment_samples < 1 or args.discriminator_width < 1 or args.validate_every < 1:
+        raise ClipsonicError("--segment-samples, --discriminator-width and --validate-every must be at least 1")
+    if not 0 < args.lr_decay <= 1:
+        raise ClipsonicError("--lr-decay must be in (0, 1]")
+    if not args.audio.is_dir():
+        raise ClipsonicError(f"{args.audio}: not a folder")
+    config, device = _loop_config(args, betas=(0.8, 0.99), lr_decay=args.lr_decay, validate_every=args.validate_every)
+    model_config = BigVGANConfig.preset(args.preset)
+    settings = VocoderTrainingConfig(segment_samples=args.segment_samples, discriminator_width=args.discriminator_width)
+    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
+        saved = load_checkpoint(args.out / CHECKPOINT_NAME, "bigvgan")
+        model_config = BigVGANConfig.from_dict(saved["config"])
+        settings = VocoderTrainingConfig.from_dict(saved["extra"]["training"])
+    task = VocoderTask(args.audio, model_config, settings)
+    log.info("training a %.1f M-parameter BigVGAN on %.1f s of audio from %s",
+             sum(p.numel() for p in task.model.parameters()) / 1e6,
+             task.training_audio.numel() / model_config.sampling_rate, args.audio)
+    path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
+    log.info("done: %s", path)
+    return 0
 
 
 def _train_prior(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Layout (all arrays little-endian ``.npy``, float16 to halve the disk footprint)::
 
     dataset.json          {"format": "clipsonic.dataset", "version": 1, "mel": MelConfig,
-                           "embed_dim": D, "clip": {...} | null, "text_template": "a photo of {label}"}
+                           "embed_dim": D, "clip": {...} | null, "text_template": "a photo of {label}",
+                           "source_root": the folder the clips' `source` paths are relative to}
     clips.jsonl           one JSON record per clip (see `ClipRecord`)
     shards/mel-NNNNN.npy  [n_mels, frames]   the log-mels of a shard's clips, end to end in time
     shards/emb-NNNNN.npy  [images, D]        CLIP image embeddings of the clips' frames, in order
@@ -84,6 +85,7 @@ class Dataset:
         self.mel_config = MelConfig.from_dict(self.info["mel"])
         self.embed_dim = int(self.info["embed_dim"])
         self.text_template = self.info.get("text_template", TEXT_TEMPLATE)
+        self.source_root = Path(self.info["source_root"]) if self.info.get("source_root") else None
         records = read_records(self.folder / "clips.jsonl")
         self.records = [r for r in records if split is None or r.split == split]
         self._shards: dict[tuple[str, int], np.ndarray] = {}
@@ -150,13 +152,15 @@ class DatasetWriter:
     """Appends clips to a dataset folder in shards; safe to stop at any point and reopen."""
 
     def __init__(self, folder: str | os.PathLike, mel_config: MelConfig, embed_dim: int,
-                 clip_info: dict | None = None, shard_clips: int = 256) -> None:
+                 clip_info: dict | None = None, shard_clips: int = 256,
+                 source_root: str | os.PathLike | None = None) -> None:
         self.folder = Path(folder)
         self.mel_config, self.embed_dim, self.shard_clips = mel_config, embed_dim, shard_clips
         (self.folder / "shards").mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "dataset.json"
         info = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "mel": mel_config.to_dict(),
-                "embed_dim": embed_dim, "clip": clip_info, "text_template": TEXT_TEMPLATE}
+                "embed_dim": embed_dim, "clip": clip_info, "text_template": TEXT_TEMPLATE,
+                "source_root": None if source_root is None else str(Path(source_root).resolve())}
         if info_path.is_file():
             existing = Dataset(self.folder)
             if existing.mel_config != mel_config or existing.embed_dim != embed_dim:

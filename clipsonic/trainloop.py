@@ -57,6 +57,9 @@ class TrainConfig(Config):
     keep: int = 2  # numbered snapshots kept besides the latest checkpoint
     log_every: int = 100
     seed: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    lr_decay: float = 1.0  # the learning rate at step s is lr * lr_decay ** s
+    validate_every: int = 1000  # for tasks that can validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +76,13 @@ class StepContext:
 
 
 class Task(Protocol):
-    """What a trainer trains: the model, how one rank's loss is drawn, what its checkpoint records."""
+    """What a trainer trains: the model, how one rank's loss is drawn, what its checkpoint records.
+
+    Optional: an ``adversary`` module (a GAN's discriminator) with ``adversary_loss(adversary,
+    context)``, stepped by its own optimizer right after the model's step; ``validate(model)``
+    returning metrics logged every ``validate_every`` steps; ``last_metrics``, a dict of extra
+    numbers logged with the loss.
+    """
 
     kind: str  # checkpoint kind, e.g. "unet"
     version: int
@@ -210,7 +219,14 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
     per_rank = config.batch_size // dist.world
     model = task.model.to(dist.device).train()
     ema = EMA(model, config.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay)
+    adversary = getattr(task, "adversary", None)
+    adversary_optimizer = None
+    if adversary is not None:
+        adversary = adversary.to(dist.device).train()
+        adversary_optimizer = torch.optim.AdamW(adversary.parameters(), lr=config.lr, betas=config.betas,
+                                                weight_decay=config.weight_decay)
     step = 0
     latest = out / CHECKPOINT_NAME
     if resume:
@@ -224,6 +240,9 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
         model.load_state_dict(extra["model"])
         ema.model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(extra["optimizer"])
+        if adversary is not None:
+            adversary.load_state_dict(extra["adversary"])
+            adversary_optimizer.load_state_dict(extra["adversary_optimizer"])
         step = int(extra["step"])
         torch.set_rng_state(extra["rng"]["torch"])
         if dist.main:
@@ -236,12 +255,18 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+        devices = [dist.device] if dist.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=devices)
+        wrapped_adversary = DistributedDataParallel(adversary, device_ids=devices) if adversary is not None else None
+    else:
+        wrapped_adversary = adversary
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     def save(at_step: int) -> Path:
         extra = {**task.checkpoint_extra(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "step": at_step, "rng": _rng_state(), "train_config": config.to_dict()}
+        if adversary is not None:
+            extra.update(adversary=adversary.state_dict(), adversary_optimizer=adversary_optimizer.state_dict())
         path = save_checkpoint(latest, task.kind, task.checkpoint_config(), ema.model.state_dict(),
                                version=task.version, extra=extra)
         if config.keep > 0:
@@ -264,6 +289,8 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             generator = torch.Generator().manual_seed(step_seed(config.seed, step, dist.rank))
             torch.manual_seed(step_seed(config.seed, step, dist.rank) ^ 0x5DEECE66D)
             context = StepContext(step, dist.rank, dist.world, per_rank, config.seed, generator, dist.device)
+            for group in [*optimizer.param_groups, *(adversary_optimizer.param_groups if adversary else [])]:
+                group["lr"] = config.lr * config.lr_decay**step
             with autocast:
                 loss = task.loss(wrapped, context)
             if not torch.isfinite(loss.detach()).all():
@@ -275,6 +302,16 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             grad_norm = _grad_norm_and_clip(parameters, config.grad_clip)
             optimizer.step()
             ema.update(model)
+            if adversary is not None:
+                with autocast:
+                    adversary_loss = task.adversary_loss(wrapped_adversary, context)
+                if not torch.isfinite(adversary_loss.detach()).all():
+                    raise TrainingError(f"the adversary's loss became {adversary_loss.item()} at step {step}; "
+                                        f"training stopped. The last good checkpoint is kept: {latest}")
+                adversary_optimizer.zero_grad(set_to_none=True)
+                adversary_loss.backward()
+                _grad_norm_and_clip([p for p in adversary.parameters() if p.requires_grad], config.grad_clip)
+                adversary_optimizer.step()
             step += 1
             value = float(loss.detach())
             smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
@@ -286,12 +323,20 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             if dist.main and (step % config.log_every == 0 or step == config.steps):
                 rate = (step - last_saved) / max(time.perf_counter() - started, 1e-9)
                 record = {"step": step, "loss": value, "loss_smoothed": smoothed, "grad_norm": grad_norm,
-                          "steps_per_s": rate}
+                          "steps_per_s": rate, **getattr(task, "last_metrics", {})}
                 with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
+            if dist.main and hasattr(task, "validate") and (step % config.validate_every == 0 or step == config.steps):
+                metrics = task.validate(ema.model)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{smoothed:.4f}", **{k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+                with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"step": step, "validation": metrics}) + "\n")
             stopping = _agree(stop.signal is not None, dist)
             if step % config.save_every == 0 or step == config.steps or stopping:
                 _check_replicas(model, dist, step)
+                if adversary is not None:
+                    _check_replicas(adversary, dist, step)
                 if dist.main:
                     save(step)
                     with open(out / "log.jsonl", "a", encoding="utf-8") as handle:

@@ -19,7 +19,7 @@ def test_help_lists_only_built_commands():
     assert done.returncode == 0
     commands = done.stdout.split("positional arguments:")[1].split("options:")[0]
     listed = {line.split()[0] for line in commands.splitlines() if re.match(r"^    \S", line)}
-    assert listed == {"train", "train-prior", "sample", "weights", "bench"}
+    assert listed == {"train", "train-prior", "train-vocoder", "sample", "weights", "bench"}
 
 
 def test_weights_list_shows_every_entry_with_source_and_licence(tmp_path):

@@ -1,0 +1,207 @@
+"""Training BigVGAN on a folder of audio or videos, or a dataset's sources (`clipsonic train-vocoder`).
+
+The recipe of HiFi-GAN / BigVGAN: the generator (with weight normalisation while training)
+turns the log-mel of a random audio segment back into audio; a multi-period discriminator
+(periods 2, 3, 5, 7, 11) and a multi-resolution spectrogram discriminator judge it with
+least-squares GAN losses; the generator also minimises feature matching (x2) and the L1
+distance of log-mels (x45). AdamW with betas (0.8, 0.99), exponentially decaying learning
+rate. The loop (checkpoints, exact resumption, torchrun) is `clipsonic.trainloop`; the
+validation mel-L1 on held-out audio is logged every ``validate_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from clipsonic.audio import load_audio, mel_spectrogram
+from clipsonic.config import Config
+from clipsonic.errors import ClipsonicError
+from clipsonic.trainloop import StepContext, epoch_indices
+from clipsonic.vocoder import CHECKPOINT_KIND, CHECKPOINT_VERSION, BigVGAN, BigVGANConfig
+
+# Audio files, and videos (their soundtrack is decoded by ffmpeg): the folder `preprocess` reads works too.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".mp4", ".mkv", ".webm", ".mov", ".avi")
+PERIODS = (2, 3, 5, 7, 11)
+RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))  # n_fft, hop, window
+
+
+@dataclasses.dataclass(frozen=True)
+class VocoderTrainingConfig(Config):
+    segment_samples: int = 32768
+    discriminator_width: int = 32  # first layer's channels; the multi-period layers grow to 32x this
+    mel_weight: float = 45.0
+    feature_weight: float = 2.0
+    validation_fraction: float = 0.1
+
+
+class PeriodDiscriminator(nn.Module):
+    def __init__(self, period: int, width: int) -> None:
+        super().__init__()
+        self.period = period
+        channels = [1, width, 4 * width, 16 * width, 32 * width, 32 * width]
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv2d(channels[i], channels[i + 1], (5, 1), (3, 1) if i < 4 else 1, padding=(2, 0)))
+            for i in range(5))
+        self.conv_post = weight_norm(nn.Conv2d(channels[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, _, length = wav.shape
+        if length % self.period:
+            wav = F.pad(wav, (0, self.period - length % self.period), mode="reflect")
+        x = wav.view(batch, 1, -1, self.period)  # [B, 1, T / p, p]
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            features.append(x)
+        x = self.conv_post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+class ResolutionDiscriminator(nn.Module):
+    def __init__(self, resolution: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        self.n_fft, self.hop, self.window = resolution
+        self.convs = nn.ModuleList([weight_norm(nn.Conv2d(1, width, (3, 9), padding=(1, 4)))] + [
+            weight_norm(nn.Conv2d(width, width, (3, 9), stride=(1, 2), padding=(1, 4))) for _ in range(3)] + [
+            weight_norm(nn.Conv2d(width, width, (3, 3), padding=(1, 1)))])
+        self.conv_post = weight_norm(nn.Conv2d(width, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pad = (self.n_fft - self.hop) // 2
+        padded = F.pad(wav, (pad, pad), mode="reflect")[:, 0]
+        window = torch.hann_window(self.window, dtype=padded.dtype, device=padded.device)
+        spec = torch.stft(padded, self.n_fft, self.hop, self.window, window, center=False, return_complex=True)
+        x = spec.abs().transpose(1, 2)[:, None]  # [B, 1, frames, bins]
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            features.append(x)
+        x = self.conv_post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+class Discriminators(nn.Module):
+    """Multi-period and multi-resolution discriminators: logits and features of each."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.period = nn.ModuleList(PeriodDiscriminator(p, width) for p in PERIODS)
+        self.resolution = nn.ModuleList(ResolutionDiscriminator(r, width) for r in RESOLUTIONS)
+
+    def forward(self, wav: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        return [d(wav) for d in [*self.period, *self.resolution]]
+
+
+def with_weight_norm(model: BigVGAN) -> BigVGAN:
+    """BigVGAN as NVIDIA trains it: weight normalisation on every convolution."""
+    for module in list(model.modules()):
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            weight_norm(module)
+    return model
+
+
+def find_audio(folder: Path) -> list[Path]:
+    """The audio (or video) files to train on: those in `folder`, or — for a dataset folder —
+    the training split's source files, found through the dataset's ``source_root``."""
+    if (folder / "dataset.json").is_file():
+        from clipsonic.data import Dataset
+
+        dataset = Dataset(folder, split="train")
+        if dataset.source_root is None:
+            raise ClipsonicError(f"{folder}: the dataset does not record where its source files are; "
+                                 "pass their folder instead")
+        files = sorted({dataset.source_root / record.source for record in dataset.records})
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise ClipsonicError(f"{folder}: {len(missing)} source file(s) are gone, e.g. {missing[0]}")
+        if not files:
+            raise ClipsonicError(f"{folder}: the dataset has no training clips")
+        return files
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise ClipsonicError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it")
+    return files
+
+
+class VocoderTask:
+    kind = CHECKPOINT_KIND
+    version = CHECKPOINT_VERSION
+
+    def __init__(self, folder: str | os.PathLike, config: BigVGANConfig, settings: VocoderTrainingConfig) -> None:
+        if settings.segment_samples % config.hop_size:
+            raise ClipsonicError(f"--segment-samples {settings.segment_samples} is not a multiple of the hop "
+                                 f"{config.hop_size}")
+        audio = [load_audio(path, config.sampling_rate) for path in find_audio(Path(folder))]
+        joined = torch.cat(audio)
+        held_out = max(settings.segment_samples, int(joined.numel() * settings.validation_fraction))
+        if joined.numel() < held_out + settings.segment_samples:
+            raise ClipsonicError(f"{folder}: {joined.numel() / config.sampling_rate:.1f} s of audio is too little for "
+                                 f"segments of {settings.segment_samples} samples plus held-out audio")
+        self.training_audio, self.validation_audio = joined[:-held_out], joined[-held_out:]
+        self.settings, self.config = settings, config
+        self.model = with_weight_norm(BigVGAN(config))
+        self.adversary = Discriminators(settings.discriminator_width)
+        self.last_metrics: dict[str, float] = {}
+        self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.starts = self.training_audio.numel() - settings.segment_samples + 1
+
+    def _segments(self, context: StepContext) -> torch.Tensor:
+        """[B, 1, segment] of training audio at random offsets (a fixed grid of offsets, epoch-shuffled)."""
+        count = max(1, self.starts // self.config.hop_size)
+        picks = epoch_indices(count, context.batch_size, context.step, context.rank, context.world, context.seed)
+        jitter = torch.randint(0, self.config.hop_size, (len(picks),), generator=context.generator)
+        offsets = [min(p * self.config.hop_size + int(j), self.starts - 1) for p, j in zip(picks, jitter)]
+        size = self.settings.segment_samples
+        return torch.stack([self.training_audio[o:o + size] for o in offsets])[:, None].to(context.device)
+
+    def _mel(self, wav: torch.Tensor) -> torch.Tensor:
+        return mel_spectrogram(wav[:, 0], self.config.mel_config)
+
+    def loss(self, model: nn.Module, context: StepContext) -> torch.Tensor:
+        real = self._segments(context)
+        mel = self._mel(real)
+        fake = model(mel)
+        mel_loss = F.l1_loss(self._mel(fake), mel)
+        adversary = self.adversary  # unwrapped: its gradients from this step are discarded before its own
+        with torch.no_grad():
+            judged_real = adversary(real)
+        adversarial, matching = 0.0, 0.0
+        for (fake_logits, fake_features), (_, real_features) in zip(adversary(fake), judged_real):
+            adversarial = adversarial + torch.mean((1 - fake_logits) ** 2)
+            matching = matching + sum(F.l1_loss(f, r.detach()) for f, r in zip(fake_features, real_features))
+        self._pair = (real, fake.detach())
+        self.last_metrics = {"mel_l1": float(mel_loss.detach()), "adversarial": float(adversarial.detach())}
+        return adversarial + self.settings.feature_weight * matching + self.settings.mel_weight * mel_loss
+
+    def adversary_loss(self, adversary: nn.Module, context: StepContext) -> torch.Tensor:
+        real, fake = self._pair
+        batch = real.shape[0]
+        # One call on real and fake together: a data-parallel wrapper must see one forward per step.
+        judged = adversary(torch.cat([real, fake]))
+        loss = sum(torch.mean((1 - logits[:batch]) ** 2) + torch.mean(logits[batch:] ** 2) for logits, _ in judged)
+        self.last_metrics["discriminator"] = float(loss.detach())
+        return loss
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Mel-L1 of the generator's reconstruction of the held-out audio."""
+        usable = self.validation_audio.numel() // self.config.hop_size * self.config.hop_size
+        wav = self.validation_audio[:usable][None, None].to(next(model.parameters()).device)
+        mel = self._mel(wav)
+        return {"mel_l1": float(F.l1_loss(self._mel(model(mel)), mel))}
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"training": self.settings.to_dict()}
