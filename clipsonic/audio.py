@@ -84,16 +84,33 @@ def stft(wav: torch.Tensor, config: MelConfig = PAPER_MEL) -> torch.Tensor:
                       onesided=True, return_complex=True)
 
 
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """Sum frames [B, n_fft, F] placed `hop` apart -> [B, (F - 1) * hop + n_fft]."""
+    batch, size, count = frames.shape
+    if size % hop:
+        fold = dict(output_size=(1, (count - 1) * hop + size), kernel_size=(1, size), stride=(1, hop))
+        return torch.nn.functional.fold(frames, **fold)[:, 0, 0]
+    # With n_fft a multiple of hop, chunk k of frame f lands on output block f + k: a few shifted adds.
+    ratio = size // hop
+    chunks = frames.view(batch, ratio, hop, count)
+    blocks = frames.new_zeros(batch, hop, count + ratio - 1)
+    for k in range(ratio):
+        blocks[:, :, k:k + count] += chunks[:, k]
+    return blocks.transpose(1, 2).reshape(batch, -1)  # block-major: consecutive hops
+
+
+def _window_envelope(config: MelConfig, count: int, device: torch.device) -> torch.Tensor:
+    """Sum of squared windows at every output sample of `count` overlapped frames."""
+    window = _framed_window(config, device)
+    return _overlap_add((window**2)[None, :, None].expand(1, -1, count), config.hop_size)[0]
+
+
 def istft(spec: torch.Tensor, config: MelConfig = PAPER_MEL) -> torch.Tensor:
     """Inverse of `stft` by weighted overlap-add -> [B, frames * hop]."""
     window = _framed_window(config, spec.device)
     frames = torch.fft.irfft(spec, n=config.n_fft, dim=1) * window[None, :, None]  # [B, n_fft, F]
     count = spec.shape[-1]
-    total = (count - 1) * config.hop_size + config.n_fft
-    fold = dict(output_size=(1, total), kernel_size=(1, config.n_fft), stride=(1, config.hop_size))
-    signal = torch.nn.functional.fold(frames, **fold)[:, 0, 0]  # [B, total]
-    weight = torch.nn.functional.fold((window**2)[None, :, None].expand(1, -1, count), **fold)[0, 0, 0]
-    signal = signal / weight.clamp(min=1e-8)
+    signal = _overlap_add(frames, config.hop_size) / _window_envelope(config, count, spec.device).clamp(min=1e-8)
     return signal[:, config.padding:config.padding + count * config.hop_size]
 
 

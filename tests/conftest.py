@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -47,3 +48,12 @@ def make_video(path: Path, *, seconds: float = 3.0, audio: bool = True, fps: int
     args += ["-t", f"{seconds}", "-c:v", video_codec, "-pix_fmt", "yuv420p", *(extra or []), str(path)]
     subprocess.run(args, check=True)
     return path
+
+
+def require_extension(module):
+    """A built extension module, or: fail in CI (the toolchain is installed there), skip elsewhere."""
+    if module is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C++ extension must build in CI (compiler, ninja and Python headers are installed)")
+        pytest.skip("no C++ toolchain to build the extension")
+    return module

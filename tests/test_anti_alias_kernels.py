@@ -1,7 +1,6 @@
 """The compiled anti-aliased activations against the reference (C++ here; CUDA where a GPU exists)."""
 
 import logging
-import os
 import shutil
 import subprocess
 
@@ -11,19 +10,14 @@ import torch
 from clipsonic import ops
 from clipsonic.ops import anti_alias_native, extensions
 from clipsonic.ops.anti_alias_reference import kaiser_sinc_filter
-from conftest import FIXTURES  # noqa: F401  (conftest also provides the markers)
+from conftest import require_extension
 
 TAPS = kaiser_sinc_filter(0.25, 0.3, 12)
 
 
 @pytest.fixture(scope="module")
 def cpp():
-    module = anti_alias_native.cpu_module()
-    if module is None:
-        if os.environ.get("CI"):
-            pytest.fail("the C++ extension must build in CI (compiler, ninja and Python headers are installed)")
-        pytest.skip("no C++ toolchain to build the extension")
-    return module
+    return require_extension(anti_alias_native.cpu_module())
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 5, 12, 63, 1000])

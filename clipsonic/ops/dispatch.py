@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from clipsonic.ops import anti_alias_native
+from clipsonic.ops import anti_alias_native, group_norm_native
 from clipsonic.ops.anti_alias_reference import anti_alias_activation_reference
 from clipsonic.ops.attention_reference import attention_reference
 from clipsonic.ops.group_norm_reference import group_norm_reference
@@ -23,7 +23,7 @@ ENVIRONMENT_VARIABLE = "CLIPSONIC_OPS"
 # op name -> implementation name -> function; faster kernels add themselves here as they land.
 _REGISTRY: dict[str, dict[str, Callable]] = {
     "attention": {"reference": attention_reference},
-    "group_norm": {"reference": group_norm_reference},
+    "group_norm": {"reference": group_norm_reference, "cpp": group_norm_native.group_norm_cpp},
     "anti_alias_activation": {"reference": anti_alias_activation_reference,
                               "cpp": anti_alias_native.anti_alias_activation_cpp,
                               "cuda": anti_alias_native.anti_alias_activation_cuda},
@@ -57,8 +57,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
                eps: float = 1e-5, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
                silu: bool = False, impl: str | None = None) -> torch.Tensor:
-    """GroupNorm (+ h*(1+scale)+shift, + SiLU) of x [B, C, *spatial]; statistics in float32."""
+    """GroupNorm (+ h*(1+scale)+shift, + SiLU) of x [B, C, *spatial]; statistics in float32.
+
+    With `impl` None, CPU tensors that need no gradient (float32 or bfloat16) go to the fused
+    C++ kernel when it builds; everything else to the reference.
+    """
+    if impl is None and os.environ.get(ENVIRONMENT_VARIABLE) != "reference" and x.device.type == "cpu" \
+            and x.dtype in (torch.float32, torch.bfloat16) and not _needs_grad(x, weight, bias, scale, shift) \
+            and group_norm_native.cpu_module() is not None:
+        impl = "cpp"
     return _choose("group_norm", impl)(x, num_groups, weight, bias, eps, scale=scale, shift=shift, silu=silu)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def anti_alias_activation(x: torch.Tensor, up_filter: torch.Tensor, down_filter: torch.Tensor, alpha: torch.Tensor,
@@ -77,8 +89,7 @@ def anti_alias_activation(x: torch.Tensor, up_filter: torch.Tensor, down_filter:
 def _compiled_anti_alias(x: torch.Tensor, up_filter: torch.Tensor, down_filter: torch.Tensor, alpha: torch.Tensor,
                          beta: torch.Tensor | None) -> str | None:
     """"cpp" or "cuda" when that kernel can compute this call, else None (the reference)."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, alpha, beta))
-    if needs_grad or up_filter.numel() != 12 or down_filter.numel() != 12 or x.dim() != 3:
+    if _needs_grad(x, alpha, beta) or up_filter.numel() != 12 or down_filter.numel() != 12 or x.dim() != 3:
         return None
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
         return "cpp" if anti_alias_native.cpu_module() is not None else None

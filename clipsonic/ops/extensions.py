@@ -73,6 +73,7 @@ def load(name: str, sources: tuple[str, ...], cuda: bool = False) -> ModuleType 
                                   extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                   extra_cuda_cflags=["-O3"] if cuda else None, with_cuda=cuda, verbose=False)
     except Exception as error:  # any failure means: use the reference, and say why once
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        first = next((line for line in lines if "error:" in line), lines[0] if lines else type(error).__name__)
         log.warning("the %s extension cannot be built (%s); using the PyTorch reference", name, first)
         return None
