@@ -10,10 +10,8 @@ ours runs its C++ anti-aliased activation, in float32 and bfloat16.
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,19 +24,13 @@ from seeded import seeded_state_dict  # noqa: E402
 from bigvgan.bigvgan import BigVGAN as NvidiaBigVGAN  # noqa: E402
 from bigvgan.env import AttrDict  # noqa: E402
 
+from clipsonic.bench import time_call  # noqa: E402
 from clipsonic.nn import set_precision  # noqa: E402
 from clipsonic.vocoder import BigVGANConfig, load_bigvgan  # noqa: E402
 
 
-def median_seconds(fn, repeat):
-    with torch.inference_mode():
-        fn()
-        samples = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def median_seconds(fn, repeat=3):
+    return time_call(fn, repeat)[0]
 
 
 def main():

@@ -8,9 +8,7 @@ that has PyPI's ``openai-clip`` (its torchvision import is stubbed by the fixtur
 Both models get the same random ViT-L/14 weights; the inputs are random 224 px images.
 """
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,19 +18,13 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "fixtures")]
 import generate_clip_fixtures  # noqa: E402,F401  (installs the torchvision stand-in)
 from clip.model import CLIP as OpenAICLIP  # noqa: E402
 
+from clipsonic.bench import time_call  # noqa: E402
 from clipsonic.clip import CLIP, CLIPConfig  # noqa: E402
 from clipsonic.nn import set_precision  # noqa: E402
 
 
 def median_seconds(fn, repeat=3):
-    with torch.inference_mode():
-        fn()
-        samples = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return time_call(fn, repeat)[0]
 
 
 def main():

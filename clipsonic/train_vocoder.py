@@ -42,6 +42,17 @@ class VocoderTrainingConfig(Config):
     validation_fraction: float = 0.1
 
 
+def _judge(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack: logits [B, N] and every layer's output (for feature matching)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, width: int) -> None:
         super().__init__()
@@ -56,14 +67,7 @@ class PeriodDiscriminator(nn.Module):
         batch, _, length = wav.shape
         if length % self.period:
             wav = F.pad(wav, (0, self.period - length % self.period), mode="reflect")
-        x = wav.view(batch, 1, -1, self.period)  # [B, 1, T / p, p]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.conv_post, wav.view(batch, 1, -1, self.period))  # [B, 1, T / p, p]
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -80,14 +84,7 @@ class ResolutionDiscriminator(nn.Module):
         padded = F.pad(wav, (pad, pad), mode="reflect")[:, 0]
         window = torch.hann_window(self.window, dtype=padded.dtype, device=padded.device)
         spec = torch.stft(padded, self.n_fft, self.hop, self.window, window, center=False, return_complex=True)
-        x = spec.abs().transpose(1, 2)[:, None]  # [B, 1, frames, bins]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _judge(self.convs, self.conv_post, spec.abs().transpose(1, 2)[:, None])  # [B, 1, frames, bins]
 
 
 class Discriminators(nn.Module):
