@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +100,10 @@ def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
     return blocks.transpose(1, 2).reshape(batch, -1)  # block-major: consecutive hops
 
 
+@lru_cache(maxsize=8)
 def _window_envelope(config: MelConfig, count: int, device: torch.device) -> torch.Tensor:
-    """Sum of squared windows at every output sample of `count` overlapped frames."""
+    """Sum of squared windows at every output sample of `count` overlapped frames (cached:
+    Griffin-Lim needs the same one every iteration)."""
     window = _framed_window(config, device)
     return _overlap_add((window**2)[None, :, None].expand(1, -1, count), config.hop_size)[0]
 

@@ -317,10 +317,7 @@ def _weights_import_clip(args: argparse.Namespace) -> int:
     model = clip.load_clip(source)
     output = args.output or manifest.user_folder() / f"clip-{source.resolve().name.split('.')[0]}.pt"
     clip.save_clip(output, model)
-    copy = clip.load_clip(output)
-    for name, tensor in model.state_dict().items():
-        if not torch_equal(copy.state_dict()[name], tensor):
-            raise ClipsonicError(f"{output}: verification failed: {name} differs from {source}")
+    _verify_copy(model, clip.load_clip(output), output, source)
     config = model.config
     print(f"read      {source} ({layout} layout, {len(state)} tensors)")
     print(f"model     ViT {config.image_resolution}px/{config.vision_patch_size}, vision {config.vision_width}x"
@@ -340,10 +337,7 @@ def _weights_import_prior(args: argparse.Namespace) -> int:
     model = prior.load_prior(args.path, args.config)
     output = args.output or manifest.user_folder() / "prior-laion.pt"
     prior.save_prior(output, model)
-    copy = prior.load_prior(output)
-    for name, tensor in model.state_dict().items():
-        if not torch_equal(copy.state_dict()[name], tensor):
-            raise ClipsonicError(f"{output}: verification failed: {name} differs from {args.path}")
+    _verify_copy(model, prior.load_prior(output), output, args.path)
     net = model.config.net
     print(f"read      {args.path} ({model.origin} prior: dim {net.dim}, depth {net.depth}, {net.heads} heads of "
           f"{net.dim_head}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
@@ -351,10 +345,15 @@ def _weights_import_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-def torch_equal(a, b) -> bool:
+def _verify_copy(model, copy, output: Path, source: Path) -> None:
+    """Every tensor of the reloaded `copy` must equal the converted model's, dtype included."""
     import torch
 
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    written = copy.state_dict()
+    for name, tensor in model.state_dict().items():
+        theirs = written.get(name)
+        if theirs is None or theirs.dtype != tensor.dtype or not torch.equal(theirs, tensor):
+            raise ClipsonicError(f"{output}: verification failed: {name} differs from {source}")
 
 
 def _bench_clip(args: argparse.Namespace) -> int:
@@ -537,7 +536,7 @@ def _sample(args: argparse.Namespace) -> int:
     query = pipeline.query(text=args.text, image=image, variant=variant, seed=seed)
     mel = pipeline.generate_mel(query, args.guidance, args.sampler, args.steps, args.seconds, seed, args.batch,
                                 progress=not args.quiet)
-    wavs = pipeline.vocode(mel, seed=seed)[:, : round(args.seconds * pipeline.spectrogram.mel_config.sample_rate)]
+    wavs = pipeline.vocode(mel, args.seconds, seed=seed)
     outputs = [args.output] if args.batch == 1 else [
         args.output.with_name(f"{args.output.stem}_{index}{args.output.suffix}") for index in range(args.batch)]
     for path, wav, spectrogram in zip(outputs, wavs, mel):

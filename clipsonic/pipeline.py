@@ -149,12 +149,15 @@ class Pipeline:
             bar.close()
         return model.mel_norm.from_unit(x[:, 0].float())
 
-    def vocode(self, log_mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """Waveforms [batch, frames * hop] from log-mels [batch, n_mels, frames]."""
+    def vocode(self, log_mel: torch.Tensor, seconds: float | None = None, seed: int = 0) -> torch.Tensor:
+        """Waveforms [batch, samples] from log-mels [batch, n_mels, frames]: frames * hop samples, or
+        the first `seconds` of them."""
         if self.vocoder is not None:
             with torch.inference_mode():
-                return self.vocoder(log_mel.to(self.device))[:, 0].float().cpu()
-        return griffin_lim(log_mel.cpu(), self.spectrogram.mel_config, seed=seed)
+                wav = self.vocoder(log_mel.to(self.device))[:, 0].float().cpu()
+        else:
+            wav = griffin_lim(log_mel.cpu(), self.spectrogram.mel_config, seed=seed)
+        return wav if seconds is None else wav[:, : round(seconds * self.spectrogram.mel_config.sample_rate)]
 
     def default_variant(self, image: np.ndarray | None) -> str:
         """iq for an image; for a text sd or pd when a prior is loaded, else zs."""
@@ -173,5 +176,4 @@ class Pipeline:
         """
         query = self.query(text=text, image=image, variant=variant or self.default_variant(image), seed=seed)
         mel = self.generate_mel(query, guidance, sampler, steps, seconds, seed, batch)
-        wav = self.vocode(mel, seed=seed or 0)
-        return wav[:, : round(seconds * self.spectrogram.mel_config.sample_rate)]
+        return self.vocode(mel, seconds, seed=seed or 0)

@@ -48,7 +48,7 @@ def _ninja_on_path() -> None:
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except (ImportError, AttributeError):
-            pass
+            pass  # no ninja package either: the build will fail and say so
 
 
 @lru_cache(maxsize=None)
