@@ -6,12 +6,17 @@ ratio (reference time / our time, so > 1 means faster) with the median of severa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,3 +193,239 @@ def bench_vocoder(presets: Sequence[str] = ("paper", "paper-large"), seconds: fl
             rows.append(Timing(f"{name} (relative error {error:.1e})", 1, label, ours, best, ref / ours,
                                torch.nn.functional.cosine_similarity(out.double().flatten(), ref_out.double().flatten(), dim=0).item()))
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class OpTiming(Timing):
+    """A kernel's timing with its throughput: TFLOP/s for attention, GB/s for memory-bound ops."""
+
+    throughput: float | None = None
+    unit: str = ""
+    of_copy: float | None = None  # GB/s as a fraction of a plain clone's GB/s on the same tensor
+
+
+def ops_markdown_table(rows: Sequence[OpTiming]) -> str:
+    lines = ["| benchmark | dtype | median ms | best ms | throughput | % of copy | speed-up vs reference | "
+             "min cosine vs reference |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        throughput = "" if row.throughput is None else f"{row.throughput:.1f} {row.unit}"
+        of_copy = "" if row.of_copy is None else f"{100 * row.of_copy:.0f}%"
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
+        agreement = "" if row.agreement is None else f"{row.agreement:.5f}"
+        lines.append(f"| {row.name} | {row.dtype} | {1e3 * row.seconds:.3f} | {1e3 * row.best:.3f} | {throughput} | "
+                     f"{of_copy} | {ratio} | {agreement} |")
+    return "\n".join(lines)
+
+
+def time_device(fn: Callable[[], object], device: torch.device, repeat: int = 10, warmup: int = 3,
+                inner: int = 1) -> tuple[float, float, object]:
+    """Like `time_call` (median and best seconds per call, last output), but on a CUDA device
+    timed with events around `inner` back-to-back calls, since kernels run asynchronously."""
+    if device.type != "cuda":
+        median, best, output = time_call(lambda: [fn() for _ in range(inner)][-1], repeat, warmup)
+        return median / inner, best / inner, output
+    output = None
+    with torch.inference_mode(), torch.cuda.device(device):
+        for _ in range(warmup):  # also compiles and autotunes Triton kernels
+            output = fn()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                output = fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / inner)
+    return statistics.median(samples), min(samples), output
+
+
+@contextlib.contextmanager
+def _ops_forced_to_reference() -> Iterator[None]:
+    """Every `clipsonic.ops` call inside goes to the PyTorch reference (``CLIPSONIC_OPS=reference``)."""
+    from clipsonic.ops.dispatch import ENVIRONMENT_VARIABLE
+
+    previous = os.environ.get(ENVIRONMENT_VARIABLE)
+    os.environ[ENVIRONMENT_VARIABLE] = "reference"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[ENVIRONMENT_VARIABLE]
+        else:
+            os.environ[ENVIRONMENT_VARIABLE] = previous
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+def bench_ops(device: str = "cuda", dtypes: Sequence[str] = ("fp16", "bf16"),
+              lengths: Sequence[int] = (256, 512, 1024, 2048, 4096), batch: int = 4, heads: int = 16,
+              head_dim: int = 64, causal: bool = False,
+              norm_shapes: Sequence[tuple[int, ...]] = ((2, 128, 64, 128), (2, 512, 8, 16), (8, 256, 64, 256)),
+              groups: int = 32, unet_preset: str | None = "paper", frames: int = 128, repeat: int = 10,
+              warmup: int = 3, inner: int = 10, seed: int = 0) -> list[OpTiming]:
+    """Our kernels against eager PyTorch on one device, per dtype in `dtypes` (fp32/fp16/bf16).
+
+    Rows, in order (reference row first, ratio = reference seconds / ours, so > 1 is faster):
+    - CUDA only: attention [batch, heads, L, head_dim] for L in `lengths`: torch's SDPA, then
+      our Triton kernel; throughput in TFLOP/s (4 * B * H * L^2 * D, halved when causal).
+    - group_norm + scale-shift + SiLU for x in `norm_shapes` ([B, C, *spatial], `groups`
+      groups): a plain ``x.clone()`` (the copy bandwidth), eager PyTorch (F.group_norm, then
+      x*(1+scale)+shift, then SiLU), then our fused kernel (Triton on CUDA, C++ on CPU);
+      throughput in GB/s of x read plus y written, and as a fraction of the clone's.
+    - unless `unet_preset` is None: one UNet forward (random weights, batch 2, 64 mels x
+      `frames`) with ``CLIPSONIC_OPS=reference``, then with the default dispatch.
+    Cases a device cannot run (attention and fp16 on CPU; a kernel that did not build) are
+    skipped with a log message.
+    """
+    from clipsonic.runtime import resolve_dtype
+
+    target = torch.device(device)
+    if target.type != "cuda":
+        log.info("bench ops: attention skipped on %s (the Triton kernel needs a CUDA device)", target.type)
+    rows: list[OpTiming] = []
+    for name in dtypes:
+        dtype = resolve_dtype(name)
+        if target.type == "cpu" and dtype == torch.float16:
+            log.info("bench ops: fp16 skipped on CPU (the C++ kernels take float32 and bfloat16)")
+            continue
+        generator = torch.Generator(device=target).manual_seed(seed)
+        if target.type == "cuda":
+            for length in lengths:
+                rows += _bench_attention(target, dtype, name, batch, heads, length, head_dim, causal, generator,
+                                         repeat, warmup, inner)
+        for shape in norm_shapes:
+            rows += _bench_group_norm(target, dtype, name, shape, groups, generator, repeat, warmup, inner)
+        if unet_preset is not None:
+            rows += _bench_unet_step(target, dtype, name, unet_preset, frames, seed, repeat, warmup)
+    return rows
+
+
+def _bench_attention(device: torch.device, dtype: torch.dtype, dtype_name: str, batch: int, heads: int, length: int,
+                     head_dim: int, causal: bool, generator: torch.Generator, repeat: int, warmup: int,
+                     inner: int) -> list[OpTiming]:
+    import torch.nn.functional as F
+
+    from clipsonic import ops
+
+    q, k, v = (torch.randn(batch, heads, length, head_dim, device=device, dtype=dtype, generator=generator)
+               for _ in range(3))
+    flops = 4 * batch * heads * length * length * head_dim / (2 if causal else 1)
+    name = f"attention [{batch}, {heads}, {length}, {head_dim}]{' causal' if causal else ''}"
+    ref, ref_best, ref_out = time_device(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                         device, repeat, warmup, inner)
+    ours, best, out = time_device(lambda: ops.attention(q, k, v, causal=causal, impl="triton"),
+                                  device, repeat, warmup, inner)
+    return [OpTiming(f"{name} (reference: torch SDPA)", batch, dtype_name, ref, ref_best, 1.0, 1.0,
+                     flops / ref / 1e12, "TFLOP/s"),
+            OpTiming(f"{name} (Triton)", batch, dtype_name, ours, best, ref / ours, _cosine(out, ref_out),
+                     flops / ours / 1e12, "TFLOP/s")]
+
+
+def _bench_group_norm(device: torch.device, dtype: torch.dtype, dtype_name: str, shape: tuple[int, ...],
+                      groups: int, generator: torch.Generator, repeat: int, warmup: int,
+                      inner: int) -> list[OpTiming]:
+    import torch.nn.functional as F
+
+    from clipsonic import ops
+    from clipsonic.ops import group_norm_native
+
+    impl, label = ("triton", "Triton") if device.type == "cuda" else ("cpp", "C++")
+    if impl == "cpp" and group_norm_native.cpu_module() is None:
+        log.info("bench ops: group_norm rows skipped (the C++ kernel did not build)")
+        return []
+    batch, channels = shape[:2]
+    x = torch.randn(shape, device=device, dtype=dtype, generator=generator)
+    # As in the UNet: fp32 norm parameters, scale/shift [B, C] in the activations' dtype.
+    weight, bias = (torch.randn(channels, device=device, generator=generator) for _ in range(2))
+    scale, shift = (0.1 * torch.randn(batch, channels, device=device, dtype=dtype, generator=generator)
+                    for _ in range(2))
+    extra = (1,) * (x.dim() - 2)
+
+    def eager():
+        h = F.group_norm(x, groups, weight.to(dtype), bias.to(dtype), 1e-5)
+        return F.silu(h * (1 + scale.view(batch, channels, *extra)) + shift.view(batch, channels, *extra))
+
+    gigabytes = 2 * x.numel() * x.element_size() / 1e9  # x read once, y written once
+    name = f"group_norm+scale-shift+SiLU {list(shape)}, {groups} groups"
+    copy, copy_best, _ = time_device(x.clone, device, repeat, warmup, inner)
+    ref, ref_best, ref_out = time_device(eager, device, repeat, warmup, inner)
+    ours, best, out = time_device(lambda: ops.group_norm(x, groups, weight, bias, 1e-5, scale=scale, shift=shift,
+                                                         silu=True, impl=impl), device, repeat, warmup, inner)
+    return [OpTiming(f"{name} (x.clone(): copy bandwidth)", batch, dtype_name, copy, copy_best, None, None,
+                     gigabytes / copy, "GB/s", 1.0),
+            OpTiming(f"{name} (reference: eager PyTorch)", batch, dtype_name, ref, ref_best, 1.0, 1.0,
+                     gigabytes / ref, "GB/s", copy / ref),
+            OpTiming(f"{name} ({label})", batch, dtype_name, ours, best, ref / ours, _cosine(out, ref_out),
+                     gigabytes / ours, "GB/s", copy / ours)]
+
+
+def _bench_unet_step(device: torch.device, dtype: torch.dtype, dtype_name: str, preset: str, frames: int, seed: int,
+                     repeat: int, warmup: int) -> list[OpTiming]:
+    from clipsonic.nn import set_precision
+    from clipsonic.unet import UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    unet = UNet(UNetConfig.preset(preset)).eval()
+    for parameter in unet.parameters():  # no zero-initialised layers: time realistic arithmetic
+        parameter.data.add_(1e-3 * torch.randn_like(parameter))
+    unet = set_precision(unet, dtype).to(device)
+    multiple = unet.config.downsampling
+    frames = -(-frames // multiple) * multiple
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(2, unet.config.in_channels, 64, frames, device=device, generator=generator)
+    t = torch.tensor([500.0, 500.0], device=device)
+    cond = torch.randn(2, unet.config.cond_dim, device=device, generator=generator)
+    drop = torch.tensor([False, True], device=device)
+    name = f"unet {preset} step, batch 2 x 64 x {frames}"
+    with _ops_forced_to_reference():
+        ref, ref_best, ref_out = time_device(lambda: unet(x, t, cond, drop), device, repeat, warmup)
+    ours, best, out = time_device(lambda: unet(x, t, cond, drop), device, repeat, warmup)
+    return [OpTiming(f"{name} (reference: CLIPSONIC_OPS=reference)", 2, dtype_name, ref, ref_best, 1.0, 1.0),
+            OpTiming(f"{name} (clipsonic.ops)", 2, dtype_name, ours, best, ref / ours, _cosine(out, ref_out))]
+
+
+def bench_preprocess(clip_preset: str = "paper", clips: int = 16, seconds: float = 8.0, workers: int = 2,
+                     repeat: int = 1, seed: int = 0) -> list[Timing]:
+    """`preprocess` on `clips` synthetic videos (224 px, 4 fps, 16 kHz AAC) with a random-weight CLIP:
+    the plain path (decoding in the main process, fp32 CLIP) against ours (`workers` decoding
+    processes beside a bf16 CLIP). The rows' names give clips per second."""
+    import copy
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from clipsonic.clip import CLIP, CLIPConfig
+    from clipsonic.nn import set_precision
+    from clipsonic.preprocess import PreprocessConfig, preprocess
+    from clipsonic.synthetic import make_demo_data
+
+    torch.manual_seed(seed)
+    clip32 = CLIP(CLIPConfig.preset(clip_preset)).eval()
+    clip16 = set_precision(copy.deepcopy(clip32), torch.bfloat16)
+    folder = Path(tempfile.mkdtemp(prefix="clipsonic-bench-"))
+    try:
+        per_class = -(-clips // 8)
+        videos = make_demo_data(folder / "data", per_class, seed, (seconds, seconds), progress=False).videos
+        files = sorted(videos.rglob("*.mp4"))[clips:]
+        for extra in files:  # keep exactly `clips` videos
+            extra.unlink()
+        runs = iter(range(10**6))
+
+        def run(clip, processes: int):
+            return preprocess(videos, folder / f"out-{next(runs)}", clip, settings=PreprocessConfig(), workers=processes)
+
+        rows = []
+        reference, reference_best, _ = time_call(lambda: run(clip32, 0), repeat, warmup=0)
+        label = f"preprocess {clips} x {seconds:g}-s videos, {clip_preset} CLIP"
+        rows.append(Timing(f"{label}, decoding in-process (reference): {clips / reference:.2f} clips/s", clips, "fp32",
+                           reference, reference_best, 1.0))
+        ours, ours_best, _ = time_call(lambda: run(clip16, workers), repeat, warmup=0)
+        rows.append(Timing(f"{label}, {workers} decoding processes: {clips / ours:.2f} clips/s", clips, "bf16", ours,
+                           ours_best, reference / ours))
+        return rows
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,7 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clipsonic import __version__
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, Interrupted
 
 log = logging.getLogger("clipsonic")
 
@@ -158,6 +159,140 @@ def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     vocoder.add_argument("--json", type=Path, help="also write the rows as JSON here")
     vocoder.set_defaults(handler=_bench_vocoder)
 
+    pre = targets.add_parser("preprocess", parents=[common], formatter_class=_formatter,
+                             help="preprocess throughput (clips/s): in-process fp32 against parallel decoding + bf16",
+                             description="Make synthetic videos and time `preprocess` on them with a random-weight "
+                                         "CLIP: decoding in the main process with an fp32 CLIP (the reference) "
+                                         "against --workers decoding processes beside a bf16 CLIP.")
+    pre.add_argument("--clip-preset", nargs="+", default=["paper", "vit-b-32"], help="CLIP sizes (paper = ViT-L/14)")
+    pre.add_argument("--clips", type=int, default=16, help="videos")
+    pre.add_argument("--seconds", type=float, default=8.0, help="length of each video")
+    pre.add_argument("--workers", type=int, default=2, help="decoding processes of our run")
+    pre.add_argument("--repeat", type=int, default=1, help="timed runs per case (the median is reported)")
+    pre.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    pre.set_defaults(handler=_bench_preprocess)
+
+    ops = targets.add_parser("ops", parents=[common], formatter_class=_formatter,
+                             help="our kernels (Triton on CUDA, C++ on CPU) against eager PyTorch",
+                             description="Time fused attention (TFLOP/s, against torch SDPA; CUDA only), fused "
+                                         "GroupNorm + scale-shift + SiLU (GB/s and % of the device's copy bandwidth, "
+                                         "against eager GroupNorm + SiLU) and a UNet step with our ops against "
+                                         "CLIPSONIC_OPS=reference, on --device (default: CUDA when present).")
+    ops.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=["fp32", "fp16", "bf16"],
+                     help="dtypes to time (fp16 is skipped on CPU)")
+    ops.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096],
+                     help="attention sequence lengths (head dim 64, 16 heads, batch 4)")
+    ops.add_argument("--preset", default="paper", help="UNet size for the step timing ('none' to skip)")
+    ops.add_argument("--frames", type=int, default=128, help="mel frames of the UNet step input")
+    ops.add_argument("--repeat", type=int, default=10, help="timed runs per case (the median is reported)")
+    ops.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ops.set_defaults(handler=_bench_ops)
+
+
+def _add_eval(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    evaluation = commands.add_parser(
+        "eval", parents=[common], formatter_class=_formatter,
+        help="FAD (our VGGish), the paper's Tables 1 and 2, guidance sweeps; 'eval fad A B' for two folders",
+        description="Generate --samples samples per model from the dataset's test split as the paper does (text "
+                    "\"a photo of [label]\" for ZS/PD/SD/CLIP-TTA, the clip's frame for IQ), embed them with VGGish "
+                    "and compute the FAD against the test clips' real audio; write Table 1 (FAD; the CLAP score is "
+                    "not computed), Table 2 (cosine similarities), a guidance sweep (CSV, Markdown, PNG with "
+                    "matplotlib) and summary.json to --out. 'clipsonic eval fad DIR_A DIR_B' gives the FAD "
+                    "between two folders of audio instead.")
+    evaluation.add_argument("dataset", type=Path, help="dataset folder from `clipsonic preprocess` (its test split)")
+    evaluation.add_argument("--out", type=Path, required=True, help="results folder")
+    _add_model_options(evaluation)
+    evaluation.add_argument("--tta-checkpoint", type=Path, help="a UNet from `train --text-cond`: the CLIP-TTA row")
+    evaluation.add_argument("--vggish", type=Path, help="VGGish weights (torchvggish's vggish-10086976.pth; default: "
+                                                        "from the user weights folder)")
+    evaluation.add_argument("--variants", help="comma-separated subset of iq,zs,pd,sd,tta (default: every one the "
+                                               "given models allow)")
+    evaluation.add_argument("--samples", type=int, default=512, help="samples per model and guidance weight (K)")
+    evaluation.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
+    evaluation.add_argument("--guidance-sweep", help="comma-separated weights, e.g. 1,1.5,2,3 (replaces --guidance)")
+    _add_sampling_options(evaluation)
+    evaluation.add_argument("--batch", type=int, default=16, help="samples generated together")
+    evaluation.add_argument("--save-audio", action="store_true", help="also keep the generated audio in --out/samples")
+    evaluation.add_argument("--no-reconstruction", action="store_true", help="skip the mel-reconstruction row")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluation.set_defaults(handler=_eval)
+
+    # `clipsonic eval fad A B`: main() routes "eval fad" here (argparse cannot mix the two forms).
+    fad = commands.add_parser("eval-fad", parents=[common], formatter_class=_formatter, prog="clipsonic eval fad",
+                              description="FAD (VGGish embeddings, float64 Fréchet distance) between two folders of "
+                                          "audio or video files (searched recursively); either may instead be a "
+                                          "statistics .npz written by --save-stats or by `clipsonic eval`.")
+    fad.add_argument("a", type=Path, help="first folder (or .npz)")
+    fad.add_argument("b", type=Path, help="second folder (or .npz)")
+    fad.add_argument("--vggish", type=Path, help="VGGish weights (default: from the user weights folder)")
+    fad.add_argument("--save-stats", type=Path, help="also write each folder's statistics here (A.npz, B.npz)")
+    fad.set_defaults(handler=_eval_fad)
+
+
+def _add_demo(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    data = commands.add_parser("make-demo-data", parents=[common], formatter_class=_formatter,
+                               help="write the synthetic audio-visual demo dataset (8 classes of videos + labels.csv)",
+                               description="Write procedural videos of 8 sound classes (rain, bell, bird, engine, "
+                                           "drum, siren, wind, clock: 224x224 at 4 fps, 16 kHz mono, 4-10 s) whose "
+                                           "pictures and sounds both tell the class, and OUT/labels.csv "
+                                           "(file,label,split; the last 20% of each class is test). Deterministic "
+                                           "for a --seed; re-running keeps finished videos.")
+    data.add_argument("out", type=Path, help="output folder (OUT/videos, OUT/labels.csv)")
+    data.add_argument("--clips-per-class", type=int, default=12, help="videos per class")
+    data.add_argument("--min-seconds", type=float, default=4.0, help="shortest clip")
+    data.add_argument("--max-seconds", type=float, default=10.0, help="longest clip")
+    data.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="videos made at a time")
+    data.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data.set_defaults(handler=_make_demo_data)
+
+    demo = commands.add_parser("demo", parents=[common], formatter_class=_formatter,
+                               help="the shipped demo bundle: show it, check its quality gate, or retrain it",
+                               description="Without options: where the demo bundle is, how it was made and its "
+                                           "recorded quality gate. --check measures the gate again (SD and IQ "
+                                           "samples of each class must be recognised by a classifier fitted on "
+                                           "held-out real clips, 80% per class). --retrain rebuilds the bundle from "
+                                           "nothing: synthetic videos, contrastive CLIP, preprocess, UNet, prior "
+                                           "(about 30 min on 2 CPU cores).")
+    action = demo.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="measure the quality gate of the bundle again (and "
+                                                             "record it in its demo.json)")
+    action.add_argument("--retrain", action="store_true", help="rebuild the bundle")
+    demo.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
+    demo.add_argument("--work", type=Path, help="--retrain's working folder (data, runs; resumable) "
+                                                "(default: ~/.cache/clipsonic/demo-work)")
+    demo.add_argument("--recipe", default="demo", help="--retrain recipe: demo, or smoke (a seconds-long check)")
+    demo.add_argument("--workers", type=int, default=2, help="decoding and encoding processes for --retrain")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_demo)
+
+
+def _add_preprocess(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    pre = commands.add_parser("preprocess", parents=[common], formatter_class=_formatter,
+                              help="turn a folder of videos into a training set (log-mels + CLIP frame embeddings)",
+                              description="Decode every video below a folder (any container ffmpeg reads): the 16 kHz "
+                                          "mono soundtrack's log-mel, and CLIP image embeddings of frames spread over "
+                                          "the clip, with labels when a labels file is given. Unusable videos are "
+                                          "listed in skipped.csv with the reason. Running it again adds only what is "
+                                          "not done yet (also after a kill).")
+    pre.add_argument("videos", type=Path, help="folder of videos (searched recursively)")
+    pre.add_argument("--out", type=Path, required=True, help="dataset folder to write or extend")
+    pre.add_argument("--labels", type=Path, help="labels: CSV 'file,label[,split]', VGGSound's vggsound.csv, or "
+                                                 "MUSIC's JSON (default: unlabelled clips)")
+    pre.add_argument("--clip", type=Path, help="CLIP checkpoint (default: ViT-L-14.pt from the user weights folder)")
+    pre.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                     help="decoding processes (0: decode in the main process)")
+    pre.add_argument("--frames-per-second", type=float, default=1.0, help="video frames embedded per second of clip")
+    pre.add_argument("--min-frames", type=int, default=3, help="at least this many frames per clip")
+    pre.add_argument("--min-seconds", type=float, default=2.05, help="shorter clips are skipped")
+    pre.add_argument("--split-ratio", type=float, default=0.9,
+                     help="train share of the clips whose split the labels do not give (random, from --seed)")
+    pre.add_argument("--keep-frames", action="store_true", help="also keep the 224x224 frames (for image queries)")
+    pre.add_argument("--batch", type=int, default=32, help="frames per CLIP forward pass")
+    pre.add_argument("--shard-clips", type=int, default=256, help="clips per shard file")
+    pre.add_argument("--retry-skipped", action="store_true", help="try the videos in skipped.csv again")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.set_defaults(handler=_preprocess)
+
 
 def _add_train(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     train = commands.add_parser("train", parents=[common], formatter_class=_formatter,
@@ -224,6 +359,25 @@ def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The models a generating command loads (none: the shipped demo bundle)."""
+    parser.add_argument("--checkpoint", type=Path, help="UNet checkpoint from `clipsonic train`")
+    parser.add_argument("--clip", type=Path, help="the CLIP checkpoint the UNet was trained with")
+    parser.add_argument("--prior", type=Path, help="diffusion prior checkpoint (ours, or LAION's latest.pth)")
+    parser.add_argument("--prior-config", type=Path, help="LAION's prior_config.json (default: beside --prior)")
+    parser.add_argument("--vocoder", type=Path, help="BigVGAN checkpoint (ours, or NVIDIA's bigvgan_generator.pt); "
+                                                     "default: Griffin-Lim")
+    parser.add_argument("--vocoder-config", type=Path, help="NVIDIA's config.json (default: beside --vocoder)")
+    parser.add_argument("--bundle", type=Path, help="a folder holding clip.pt, unet.pt (and prior.pt, vocoder.pt) "
+                                                    "instead (default with no models: the shipped demo bundle)")
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="dpm++", help="sampler")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps (the paper: ddpm with 1000)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of the audio")
+
+
 def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     sample = commands.add_parser("sample", parents=[common], formatter_class=_formatter,
                                  help="generate audio from a text or an image",
@@ -237,18 +391,9 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
                         help="iq: image embedding; zs: text embedding; pd/sd: image embedding drawn from the text by "
                              "LAION's prior / a prior from train-prior (default: iq for --image; for --text sd or pd "
                              "when --prior is given, else zs)")
-    sample.add_argument("--checkpoint", type=Path, help="UNet checkpoint from `clipsonic train`")
-    sample.add_argument("--clip", type=Path, help="the CLIP checkpoint the UNet was trained with")
-    sample.add_argument("--prior", type=Path, help="diffusion prior checkpoint (ours, or LAION's latest.pth)")
-    sample.add_argument("--prior-config", type=Path, help="LAION's prior_config.json (default: beside --prior)")
-    sample.add_argument("--vocoder", type=Path, help="BigVGAN checkpoint (ours, or NVIDIA's bigvgan_generator.pt); "
-                                                     "default: Griffin-Lim")
-    sample.add_argument("--vocoder-config", type=Path, help="NVIDIA's config.json (default: beside --vocoder)")
-    sample.add_argument("--bundle", type=Path, help="a folder holding clip.pt, unet.pt (and prior.pt, vocoder.pt) instead")
+    _add_model_options(sample)
     sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
-    sample.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="dpm++", help="sampler")
-    sample.add_argument("--steps", type=int, default=25, help="sampling steps (the paper: ddpm with 1000)")
-    sample.add_argument("--seconds", type=float, default=4.0, help="length of the audio")
+    _add_sampling_options(sample)
     sample.add_argument("--batch", type=int, default=1, help="number of files to generate")
     sample.add_argument("-o", "--output", type=Path, required=True, help="output .wav or .flac "
                                                                           "(NAME_0, NAME_1, ... with --batch)")
@@ -262,8 +407,11 @@ def build_parser() -> Parser:
                     description="CLIPSonic: text-to-audio synthesis learned from unlabeled videos through CLIP.")
     parser.add_argument("--version", action="version", version=f"clipsonic {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _add_demo(commands, common)
+    _add_preprocess(commands, common)
     _add_train(commands, common)
     _add_sample(commands, common)
+    _add_eval(commands, common)
     _add_weights(commands, common)
     _add_bench(commands, common)
     return parser
@@ -397,6 +545,33 @@ def _bench_vocoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_preprocess(args: argparse.Namespace) -> int:
+    from clipsonic import bench
+
+    if args.clips < 1 or args.workers < 1 or args.repeat < 1 or args.seconds < 2.05:
+        raise ClipsonicError("--clips, --workers and --repeat must be at least 1 and --seconds at least 2.05")
+    rows = [row for preset in args.clip_preset
+            for row in bench.bench_preprocess(preset, args.clips, args.seconds, args.workers, args.repeat)]
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _bench_ops(args: argparse.Namespace) -> int:
+    from clipsonic import bench, runtime
+    from clipsonic.fileio import write_json_atomic
+
+    if args.repeat < 1 or args.frames < 1 or any(length < 1 for length in args.lengths):
+        raise ClipsonicError("--repeat, --frames and --lengths must be at least 1")
+    device = runtime.resolve_device(args.device)
+    rows = bench.bench_ops(device.type if device.index is None else str(device), args.precisions, args.lengths,
+                           unet_preset=None if args.preset == "none" else args.preset, frames=args.frames,
+                           repeat=args.repeat)
+    print(bench.ops_markdown_table(rows))
+    if args.json:
+        write_json_atomic(args.json, [row.as_row() for row in rows])
+    return 0
+
+
 def _print_rows(rows, json_path: Path | None) -> None:
     from clipsonic import bench
     from clipsonic.fileio import write_json_atomic
@@ -410,6 +585,79 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from clipsonic.synthetic import make_demo_data
+
+    if args.workers < 1:
+        raise ClipsonicError("--workers must be at least 1")
+    made = make_demo_data(args.out, args.clips_per_class, args.seed if args.seed is not None else 0,
+                          (args.min_seconds, args.max_seconds), workers=args.workers,
+                          progress=not (args.no_progress or args.quiet))
+    print(f"wrote {made.written} clips ({made.skipped} already there) to {made.videos}; labels: {made.labels}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from clipsonic import demo
+
+    folder = args.bundle or demo.bundle_folder()
+    progress = not (args.no_progress or args.quiet)
+    if args.retrain:
+        from clipsonic.demo import DemoRecipe
+
+        recipe = DemoRecipe.preset(args.recipe, **({"seed": args.seed} if args.seed is not None else {}))
+        work = args.work or Path.home() / ".cache" / "clipsonic" / "demo-work"
+        summary = demo.retrain(work, folder, recipe, workers=args.workers, progress=progress)
+        print(f"{folder}: rebuilt in {summary['total_seconds'] / 60:.1f} min")
+        gate = summary["quality_gate"]
+    elif args.check:
+        from clipsonic import runtime
+        from clipsonic.demo import DemoRecipe
+
+        recipe = DemoRecipe.from_dict(demo.read_summary(folder)["recipe"])
+        pipeline = demo.load_for_gate(folder, recipe, runtime.resolve_device(args.device))
+        gate = demo.quality_gate(pipeline, recipe, progress=progress)
+        demo.record_gate(folder, gate)
+    else:
+        summary = demo.read_summary(folder)
+        print(f"{folder}: demo bundle, recipe {json.dumps(summary['recipe'])}")
+        print(f"built in {summary['total_seconds'] / 60:.1f} min on {summary['threads']} thread(s)")
+        gate = summary["quality_gate"]
+    print(demo.gate_table(gate))
+    print(f"quality gate (SD and IQ at least 80% of each class): {'passed' if gate['passed'] else 'FAILED'}")
+    if not gate["passed"]:
+        raise ClipsonicError(f"{folder}: the demo bundle fails its quality gate")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from clipsonic import manifest, runtime
+    from clipsonic.clip import load_clip
+    from clipsonic.labels import read_labels
+    from clipsonic.preprocess import PreprocessConfig, preprocess
+
+    settings = PreprocessConfig(frames_per_second=args.frames_per_second, min_frames=args.min_frames,
+                                min_seconds=args.min_seconds, keep_frames=args.keep_frames,
+                                split_ratio=args.split_ratio, split_seed=args.seed if args.seed is not None else 0,
+                                encode_batch=args.batch, shard_clips=args.shard_clips)
+    if not args.videos.is_dir():
+        raise ClipsonicError(f"{args.videos}: not a folder")
+    labels = read_labels(args.labels) if args.labels is not None else None
+    checkpoint = args.clip or manifest.locate(manifest.load_manifest()["clip-vit-l-14"])
+    if checkpoint is None:
+        raise ClipsonicError(f"no CLIP checkpoint: pass --clip, or put ViT-L-14.pt in {manifest.user_folder()} "
+                             f"(see 'clipsonic weights list')")
+    clip = load_clip(checkpoint, dtype=runtime.resolve_dtype(args.dtype), device=runtime.resolve_device(args.device))
+    summary = preprocess(args.videos, args.out, clip, labels=labels, settings=settings, workers=args.workers,
+                         clip_checkpoint=checkpoint, retry_skipped=args.retry_skipped,
+                         progress=not (args.no_progress or args.quiet))
+    print(f"{args.out}: {summary.added} clip(s) added, {summary.already_done} already there, "
+          f"{summary.skipped} skipped (see {args.out / 'skipped.csv'})"
+          + (f", {summary.skipped_before} skipped before" if summary.skipped_before else "")
+          + (f"; {summary.clips_per_second:.2f} clips/s" if summary.added + summary.skipped else ""))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -551,6 +799,85 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from clipsonic import runtime
+    from clipsonic.data import Dataset
+    from clipsonic.evaluate import MODELS, EvalConfig, Evaluator, evaluate, vggish_path
+    from clipsonic.pipeline import Pipeline
+    from clipsonic.vggish import load_vggish
+
+    weights = [args.guidance] if args.guidance_sweep is None else _floats(args.guidance_sweep, "--guidance-sweep")
+    config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
+                        seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
+    dataset = Dataset(args.dataset, split="test")
+    device, dtype = runtime.resolve_device(args.device), runtime.resolve_dtype(args.dtype)
+    vggish = load_vggish(vggish_path(args.vggish), dtype=dtype, device=device)
+    pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
+                             prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
+                             device=device, dtype=dtype)
+    tta = None
+    if args.tta_checkpoint is not None:
+        from clipsonic.unet import load_unet
+
+        tta = load_unet(args.tta_checkpoint, dtype=dtype, device=device)
+        if tta.condition != "text":
+            raise ClipsonicError(f"--tta-checkpoint {args.tta_checkpoint}: not trained with --text-cond")
+    evaluator = Evaluator(pipeline, dataset, vggish, config, tta=tta)
+    available = evaluator.available_variants()
+    variants = available if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
+        if variant not in MODELS or variant == "reconstruction":
+            raise ClipsonicError(f"--variants: unknown variant {variant!r} (choose from iq, zs, pd, sd, tta)")
+        if variant not in available:
+            needs = {"pd": "LAION's prior (--prior)", "sd": "a prior from train-prior (--prior)",
+                     "tta": "--tta-checkpoint"}
+            raise ClipsonicError(f"--variants: {variant} needs {needs[variant]}")
+    bar = None
+    if not (args.no_progress or args.quiet):
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.samples * len(variants) * len(weights), unit="sample", desc="eval", dynamic_ncols=True)
+        evaluator.progress = bar.update
+    try:
+        summary = evaluate(evaluator, variants, args.out, save_audio=args.save_audio,
+                           reconstruction=not args.no_reconstruction)
+    finally:
+        if bar is not None:
+            bar.close()
+    print((args.out / "table1.md").read_text(encoding="utf-8"))
+    print((args.out / "table2.md").read_text(encoding="utf-8"))
+    if len(weights) > 1:
+        print((args.out / "sweep.md").read_text(encoding="utf-8"))
+    log.info("results in %s (summary.json, %d FAD values)", args.out, len(summary["fad"]))
+    return 0
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ClipsonicError(f"{option} {text}: expected comma-separated numbers, e.g. 1,1.5,2,3") from None
+    if not values:
+        raise ClipsonicError(f"{option}: no values given")
+    return values
+
+
+def _eval_fad(args: argparse.Namespace) -> int:
+    from clipsonic.evaluate import folder_statistics, vggish_path
+    from clipsonic.metrics import frechet_distance_from_statistics, save_statistics
+    from clipsonic.runtime import resolve_device, resolve_dtype
+    from clipsonic.vggish import load_vggish
+
+    vggish = load_vggish(vggish_path(args.vggish), dtype=resolve_dtype(args.dtype), device=resolve_device(args.device))
+    (stats_a, files_a), (stats_b, files_b) = folder_statistics(args.a, vggish), folder_statistics(args.b, vggish)
+    if args.save_stats is not None:
+        for name, stats in (("A", stats_a), ("B", stats_b)):
+            save_statistics(args.save_stats / f"{name}.npz", *stats)
+    value = frechet_distance_from_statistics(*stats_a, *stats_b)
+    print(f"FAD {value:.6f}  ({args.a}: {files_a or 'statistics'} file(s), {args.b}: {files_b or 'statistics'} file(s))")
+    return 0
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     if int(os.environ.get("RANK", "0")) != 0:
@@ -575,6 +902,10 @@ def _apply_runtime(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    position = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if position is not None and argv[position:position + 2] == ["eval", "fad"]:
+        argv[position:position + 2] = ["eval-fad"]
     args = parser.parse_args(argv)
     for name, value in COMMON_DEFAULTS.items():
         if not hasattr(args, name):
@@ -598,7 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"clipsonic: error: {error}", file=sys.stderr)
-        return 130 if type(error).__name__ == "Interrupted" else 1
+        return 130 if isinstance(error, Interrupted) else 1
     except Exception as error:  # an unexpected failure still gets one line unless --debug
         if args.debug:
             raise

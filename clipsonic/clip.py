@@ -69,6 +69,10 @@ class CLIPConfig(Config):
         "vit-b-32": {"embed_dim": 512, "vision_patch_size": 32, "vision_width": 768, "vision_layers": 12,
                      "vision_heads": 12, "vision_mlp_width": 3072, "text_width": 512, "text_heads": 8,
                      "text_mlp_width": 2048},
+        # The shipped demo CLIP (trained on the synthetic pictures): text width = embedding size, as the prior needs.
+        "demo": {"embed_dim": 64, "image_resolution": 64, "vision_patch_size": 8, "vision_width": 128,
+                 "vision_layers": 3, "vision_heads": 4, "vision_mlp_width": 512, "text_width": 64, "text_layers": 2,
+                 "text_heads": 2, "text_mlp_width": 256},
         "tiny": {"embed_dim": 64, "image_resolution": 32, "vision_patch_size": 8, "vision_width": 128,
                  "vision_layers": 2, "vision_heads": 2, "vision_mlp_width": 512, "vocab_size": 49408,
                  "text_width": 128, "text_layers": 2, "text_heads": 2, "text_mlp_width": 512},
@@ -211,10 +215,15 @@ def preprocess_image(rgb: np.ndarray | torch.Tensor, resolution: int = 224) -> t
     image = torch.as_tensor(np.asarray(rgb)) if not isinstance(rgb, torch.Tensor) else rgb
     if image.dim() != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
         raise ValueError(f"preprocess_image expects uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    cropped = resize_center_crop(image, resolution).permute(2, 0, 1).float() / 255.0  # HWC -> CHW
-    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-    return (cropped - mean) / std
+    return normalize_pixels(resize_center_crop(image, resolution)[None])[0]
+
+
+def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Already cropped uint8 images [N, H, W, 3] -> CLIP input [N, 3, H, W] (float32, CLIP's mean and std)."""
+    scaled = images.permute(0, 3, 1, 2).float() / 255.0  # NHWC -> NCHW
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (scaled - mean) / std
 
 
 # ---------------------------------------------------------------- checkpoint formats

@@ -113,6 +113,13 @@ class Dataset:
         rows = self._shard("emb", record.shard)[record.frame_offset:record.frame_offset + record.frame_count]
         return np.asarray(rows, dtype=np.float32)
 
+    def frames(self, record: ClipRecord) -> np.ndarray:
+        """The clip's embedded frames as CLIP saw them, uint8 [frame_count, 224, 224, 3] (``--keep-frames``)."""
+        path = self.folder / "frames" / f"{record.id}.npy"
+        if not path.is_file():
+            raise ClipsonicError(f"{self.folder}: has no frames of {record.id} (preprocess with --keep-frames)")
+        return np.load(path)
+
     def labels(self) -> dict[str, np.ndarray]:
         """``labels`` [L], ``text_embeddings`` [L, D] and ``token_encodings`` [L, 77, W] (float32)."""
         if self._labels is None:
@@ -167,6 +174,7 @@ class DatasetWriter:
                 raise ClipsonicError(f"{self.folder}: holds a dataset with other mel settings or embedding size")
         else:
             write_json_atomic(info_path, info)
+        drop_partial_last_line(self.folder / "clips.jsonl")
         self.done = {record.id for record in read_records(self.folder / "clips.jsonl")}
         self._next_shard = 1 + max((r.shard for r in read_records(self.folder / "clips.jsonl")), default=-1)
         self._pending: list[tuple[dict, np.ndarray, np.ndarray]] = []
@@ -220,3 +228,13 @@ def append_lines(path: Path, lines: Iterable[str]) -> None:
             handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so appending starts on a fresh line."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)

@@ -15,3 +15,7 @@ class CheckpointError(ClipsonicError):
 
 class ConfigError(ClipsonicError):
     """A configuration is unknown or has fields that do not fit its class."""
+
+
+class Interrupted(ClipsonicError):
+    """SIGINT or SIGTERM arrived; what was done so far was saved first."""

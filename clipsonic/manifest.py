@@ -117,3 +117,17 @@ def verify(entry: WeightEntry, folders: list[Path] | None = None) -> Verificatio
         return Verification(entry, "mismatch", path,
                             f"sha256 {actual} does not start with the published prefix {entry.sha256_prefix}")
     return Verification(entry, "unpinned", path, f"no published checksum; this copy's sha256 is {actual}")
+
+
+def record_shipped(name: str, path: Path) -> WeightEntry:
+    """Pin the sha256 and size of a shipped file (the demo bundle after a retrain) in the manifest."""
+    from clipsonic.fileio import write_json_atomic
+
+    source = shipped_folder() / "manifest.json"
+    data = json.loads(source.read_text(encoding="utf-8"))
+    record = data["weights"].get(name)
+    if record is None or not record.get("shipped"):
+        raise ClipsonicError(f"{source}: has no shipped entry {name!r}")
+    record.update(sha256=sha256_file(path), size=path.stat().st_size)
+    write_json_atomic(source, data)
+    return load_manifest(source)[name]

@@ -21,6 +21,9 @@ import numpy as np
 
 from clipsonic.errors import MediaError
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv",
+                  ".wmv")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac")
 INSTALL_HINT = ("install it: Debian/Ubuntu 'apt-get install ffmpeg', macOS 'brew install ffmpeg', "
                 "conda 'conda install -c conda-forge ffmpeg'")
 
@@ -46,6 +49,14 @@ def find_binary(name: str = "ffmpeg") -> str:
     if found is None:
         raise MediaError(f"{name} was not found on PATH; {INSTALL_HINT}")
     return found
+
+
+def find_files(folder: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
+    """Files below `folder` (recursively, sorted) whose suffix is in `suffixes`; hidden files
+    and folders (a leading dot, as temporary and partial downloads often have) are left out."""
+    root = Path(folder)
+    return sorted(path for path in root.rglob("*") if path.suffix.lower() in suffixes and path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(root).parts))
 
 
 def _run(args: list[str], path: Path) -> bytes:
@@ -142,9 +153,12 @@ def decode_audio(path: str | os.PathLike, sr: int = 16000) -> np.ndarray:
     return resample(torch.from_numpy(wav.copy()), native_sr, sr).numpy()
 
 
-def _read_ppm(data: bytes, path: Path) -> np.ndarray:
-    """Binary PPM (P6, 8-bit) -> uint8 [H, W, 3]. ffmpeg writes the header as 'P6\\nW H\\n255\\n'."""
-    fields, position = [], 0
+def _read_ppm(data: bytes, path: Path, start: int = 0) -> tuple[np.ndarray, int]:
+    """One binary PPM (P6, 8-bit) at `start` -> (uint8 [H, W, 3], the offset after it).
+
+    ffmpeg writes each header as 'P6\\nW H\\n255\\n'; several pictures may follow each other.
+    """
+    fields, position = [], start
     while len(fields) < 4:
         while position < len(data) and data[position:position + 1].isspace():
             position += 1
@@ -158,36 +172,70 @@ def _read_ppm(data: bytes, path: Path) -> np.ndarray:
     magic, width, height, depth = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
     if magic != b"P6" or depth != 255:
         raise MediaError(f"{path}: unexpected picture format from ffmpeg ({magic!r}, depth {depth})")
-    pixels = data[position + 1:position + 1 + width * height * 3]
-    if len(pixels) != width * height * 3:
+    begin, size = position + 1, width * height * 3
+    pixels = data[begin:begin + size]
+    if len(pixels) != size:
         raise MediaError(f"{path}: ffmpeg returned a truncated picture")
-    return np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3).copy()
+    return np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3).copy(), begin + size
+
+
+def _read_ppms(data: bytes, path: Path) -> list[np.ndarray]:
+    pictures, position = [], 0
+    while position < len(data):
+        picture, position = _read_ppm(data, path, position)
+        pictures.append(picture)
+    return pictures
+
+
+_PICTURE_OUTPUT = ["-f", "image2pipe", "-vcodec", "ppm", "-pix_fmt", "rgb24", "pipe:1"]
 
 
 def _grab_frame(path: Path, seconds: float | None) -> bytes:
     seek = [] if seconds is None else ["-ss", f"{seconds:.6f}"]
     return _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", *seek, "-i", str(path),
-                 "-map", "0:v:0", "-frames:v", "1", "-f", "image2pipe", "-vcodec", "ppm",
-                 "-pix_fmt", "rgb24", "pipe:1"], path)
+                 "-map", "0:v:0", "-frames:v", "1", *_PICTURE_OUTPUT], path)
+
+
+def _grab_frames_in_one_pass(path: Path, times: Sequence[float]) -> list[np.ndarray]:
+    """For each of the increasing `times`, the first frame shown at or after it, from one decoding pass.
+
+    Far cheaper than one seeking ffmpeg per frame. Two times within one frame interval select a
+    single frame, so the caller compares counts and falls back to seeking.
+    """
+    # A frame is taken when it is the first at or after some time: t >= T and the previous frame's t < T.
+    chosen = "+".join(f"gte(t,{seconds:.6f})*not(gte(prev_pts*TB,{seconds:.6f}))" for seconds in times)
+    data = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:v:0",
+                 "-vf", f"select='{chosen}'", "-fps_mode", "passthrough", *_PICTURE_OUTPUT], path)
+    return _read_ppms(data, path)
 
 
 def read_frames(path: str | os.PathLike, timestamps: Sequence[float]) -> np.ndarray:
-    """RGB frames uint8 [N, H, W, 3] at `timestamps` (seconds), as displayed (rotation applied)."""
+    """RGB frames uint8 [N, H, W, 3] at `timestamps` (seconds), as displayed (rotation applied).
+
+    Each is the first frame shown at or after its timestamp.
+    """
     info = probe(path)
     if not info.has_video:
         raise MediaError(f"{info.path}: has no video stream")
-    frames = []
+    if not timestamps:
+        return np.zeros((0, info.height or 0, info.width or 0, 3), dtype=np.uint8)
     for seconds in timestamps:
         if seconds < 0:
             raise MediaError(f"{info.path}: timestamp {seconds:.3f}s is negative")
-        data = _grab_frame(info.path, float(seconds))
-        if not data:
-            raise MediaError(f"{info.path}: timestamp {seconds:.3f}s is past the end of the video "
-                             f"({info.duration:.3f}s long)")
-        frames.append(_read_ppm(data, info.path))
-    if not frames:
-        return np.zeros((0, info.height or 0, info.width or 0, 3), dtype=np.uint8)
-    return np.stack(frames)
+    distinct = sorted(set(float(seconds) for seconds in timestamps))
+    pictures = _grab_frames_in_one_pass(info.path, distinct)
+    if len(pictures) != len(distinct):
+        pictures = [_seek_frame(info, seconds) for seconds in distinct]
+    by_time = dict(zip(distinct, pictures))
+    return np.stack([by_time[float(seconds)] for seconds in timestamps])
+
+
+def _seek_frame(info: MediaInfo, seconds: float) -> np.ndarray:
+    data = _grab_frame(info.path, seconds)
+    if not data:
+        raise MediaError(f"{info.path}: timestamp {seconds:.3f}s is past the end of the video "
+                         f"({info.duration:.3f}s long)")
+    return _read_ppm(data, info.path)[0]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -196,4 +244,4 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = _grab_frame(source, None)
     if not data:
         raise MediaError(f"{source}: holds no picture")
-    return _read_ppm(data, source)
+    return _read_ppm(data, source)[0]

@@ -43,11 +43,20 @@ class Pipeline:
              vocoder_config: str | os.PathLike | None = None, device: torch.device | str = "cpu",
              dtype: torch.dtype | None = None) -> "Pipeline":
         """Load from explicit checkpoint paths, or a bundle folder holding ``clip.pt``, ``unet.pt``
-        and optionally ``prior.pt`` and ``vocoder.pt``."""
+        and optionally ``prior.pt`` and ``vocoder.pt``; with none of them, the shipped demo bundle."""
         from clipsonic.clip import load_clip
         from clipsonic.prior import load_prior
         from clipsonic.unet import load_unet
 
+        if bundle is None and clip is None and checkpoint is None:
+            from clipsonic.demo import bundle_folder
+
+            bundle = bundle_folder()
+            if not (bundle / "unet.pt").is_file():
+                raise ClipsonicError(f"no models given and no demo bundle in {bundle}: pass --clip and --checkpoint "
+                                     f"(or --bundle), or build the demo with 'clipsonic demo --retrain'")
+            log.info("using the shipped demo bundle (%s: small models trained on synthetic data; pass --bundle or "
+                     "--clip/--checkpoint for your own)", bundle)
         if bundle is not None:
             folder = Path(bundle)
             if not folder.is_dir():
@@ -129,14 +138,17 @@ class Pipeline:
     def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
                      seconds: float = 4.0, seed: int | None = None, batch: int = 1,
                      progress: bool = False) -> torch.Tensor:
-        """Log-mel spectrograms [batch, n_mels, frames] for one query embedding [1, D]."""
+        """Log-mel spectrograms [batch, n_mels, frames] for one query embedding [1, D], or one per
+        spectrogram [batch, D]."""
+        if query.shape[0] not in (1, batch):
+            raise ValueError(f"{query.shape[0]} queries for a batch of {batch}")
         model = self.spectrogram
         config = model.mel_config
         multiple = model.unet.config.downsampling
         frames = max(multiple, -(-round(seconds * config.sample_rate / config.hop_size) // multiple) * multiple)
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         noise = torch.randn(batch, 1, config.n_mels, frames, generator=generator).to(self.device)
-        eps_fn = classifier_free_guidance(model.unet, query.expand(batch, -1).float(), guidance)
+        eps_fn = classifier_free_guidance(model.unet, query.expand(batch, -1).float().to(self.device), guidance)
         process = GaussianDiffusion.cosine(model.diffusion_steps)
         bar = None
         if progress:

@@ -24,11 +24,11 @@ from torch.nn.utils.parametrizations import weight_norm
 from clipsonic.audio import load_audio, mel_spectrogram
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
+from clipsonic.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, find_files
 from clipsonic.trainloop import StepContext, epoch_indices
 from clipsonic.vocoder import CHECKPOINT_KIND, CHECKPOINT_VERSION, BigVGAN, BigVGANConfig
 
 # Audio files, and videos (their soundtrack is decoded by ffmpeg): the folder `preprocess` reads works too.
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".mp4", ".mkv", ".webm", ".mov", ".avi")
 PERIODS = (2, 3, 5, 7, 11)
 RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))  # n_fft, hop, window
 
@@ -124,9 +124,9 @@ def find_audio(folder: Path) -> list[Path]:
         if not files:
             raise ClipsonicError(f"{folder}: the dataset has no training clips")
         return files
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = find_files(folder, AUDIO_SUFFIXES + VIDEO_SUFFIXES)
     if not files:
-        raise ClipsonicError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in it")
+        raise ClipsonicError(f"{folder}: no audio or video files ({', '.join(AUDIO_SUFFIXES + VIDEO_SUFFIXES)}) in it")
     return files
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from clipsonic.checkpoint import load_checkpoint, save_checkpoint
 from clipsonic.config import Config
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, Interrupted
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -40,8 +40,17 @@ class TrainingError(ClipsonicError):
     """Training cannot go on (a NaN loss, an incompatible checkpoint)."""
 
 
-class Interrupted(ClipsonicError):
-    """SIGINT or SIGTERM arrived; the state was saved first."""
+# What a checkpoint holds only to resume training; a checkpoint for sampling needs none of it.
+RESUME_STATE = ("model", "optimizer", "rng", "adversary", "adversary_optimizer")
+
+
+def export_for_sampling(source: str | os.PathLike, target: str | os.PathLike, kind: str) -> Path:
+    """Copy a training checkpoint without its resume state (raw weights, optimizer, RNG): the
+    EMA weights, configs and the task's metadata, a third of the size or less."""
+    payload = load_checkpoint(source, kind)
+    extra = {key: value for key, value in payload["extra"].items() if key not in RESUME_STATE}
+    return save_checkpoint(target, kind, payload["config"], payload["state_dict"], version=payload["version"],
+                           extra=extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +273,7 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
 
     def save(at_step: int) -> Path:
         extra = {**task.checkpoint_extra(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": at_step, "rng": _rng_state(), "train_config": config.to_dict()}
+                 "step": at_step, "rng": _rng_state(), "train_config": config.to_dict()}  # see RESUME_STATE
         if adversary is not None:
             extra.update(adversary=adversary.state_dict(), adversary_optimizer=adversary_optimizer.state_dict())
         path = save_checkpoint(latest, task.kind, task.checkpoint_config(), ema.model.state_dict(),

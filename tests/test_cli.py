@@ -19,7 +19,8 @@ def test_help_lists_only_built_commands():
     assert done.returncode == 0
     commands = done.stdout.split("positional arguments:")[1].split("options:")[0]
     listed = {line.split()[0] for line in commands.splitlines() if re.match(r"^    \S", line)}
-    assert listed == {"train", "train-prior", "train-vocoder", "sample", "weights", "bench"}
+    assert listed == {"make-demo-data", "demo", "preprocess", "train", "train-prior", "train-vocoder", "sample", "eval",
+                      "weights", "bench"}
 
 
 def test_weights_list_shows_every_entry_with_source_and_licence(tmp_path):
@@ -143,3 +144,23 @@ def test_bench_vocoder(tmp_path):
     rows = json.loads(out.read_text())
     assert any("(C++)" in row["name"] and row["ratio"] > 0 for row in rows)
     assert any(row["name"].startswith("BigVGAN tiny") and row["dtype"] == "bf16" for row in rows)
+
+
+def test_bench_ops_on_cpu(tmp_path):
+    out = tmp_path / "ops.json"
+    done = run_cli("bench", "ops", "--device", "cpu", "--precisions", "bf16", "--preset", "tiny", "--frames", "16",
+                   "--repeat", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "attention skipped on cpu" in done.stderr
+    rows = json.loads(out.read_text())
+    assert any("(C++)" in row["name"] and row["unit"] == "GB/s" and row["throughput"] > 0 for row in rows)
+    assert any(row["name"].startswith("unet tiny step") and row["ratio"] > 0 for row in rows)
+
+
+def test_bench_preprocess(tmp_path):
+    out = tmp_path / "pre.json"
+    done = run_cli("bench", "preprocess", "--clip-preset", "tiny", "--clips", "2", "--seconds", "2.5",
+                   "--workers", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [row["dtype"] for row in rows] == ["fp32", "bf16"] and rows[1]["ratio"] > 0 and "clips/s" in rows[1]["name"]

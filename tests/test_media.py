@@ -55,6 +55,22 @@ def test_frames_at_timestamps(videos):
     np.testing.assert_array_equal(again[0], frames[1])
 
 
+def test_one_pass_frames_equal_seeking_in_any_order(videos):
+    times = [2.9, 0.3, 1.5, 0.3, 2.04]
+    frames = media.read_frames(videos["with_audio"], times)
+    info = media.probe(videos["with_audio"])
+    for picture, seconds in zip(frames, times):
+        np.testing.assert_array_equal(picture, media._seek_frame(info, seconds))
+
+
+def test_times_closer_than_a_frame_fall_back_to_seeking(tmp_path):
+    slow = make_video(tmp_path / "slow.mp4", seconds=4.0, fps=1, audio=False)
+    frames = media.read_frames(slow, [0.2, 0.5, 1.5, 2.5])  # 0.2 and 0.5 lie between the frames at 0 s and 1 s
+    info = media.probe(slow)
+    for picture, seconds in zip(frames, [0.2, 0.5, 1.5, 2.5]):
+        np.testing.assert_array_equal(picture, media._seek_frame(info, seconds))
+
+
 def test_no_audio_stream(videos):
     with pytest.raises(MediaError, match=r"no_audio\.mp4: has no audio stream"):
         media.decode_audio(videos["no_audio"])

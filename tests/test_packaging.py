@@ -24,7 +24,9 @@ def test_wheel_contents(wheel):
     for required in ["clipsonic/cli.py", "clipsonic/__main__.py", "clipsonic/assets/mel_filters.npz",
                      "clipsonic/weights/manifest.json", "clipsonic/csrc/README.md", "clipsonic/csrc/anti_alias_cpu.cpp",
                      "clipsonic/csrc/anti_alias_cuda.cu", "clipsonic/csrc/anti_alias_cuda.cpp", "clipsonic/csrc/group_norm_cpu.cpp",
-                     "clipsonic/assets/bpe_simple_vocab_16e6.txt.gz"]:
+                     "clipsonic/assets/bpe_simple_vocab_16e6.txt.gz", "clipsonic/weights/demo/clip.pt",
+                     "clipsonic/weights/demo/unet.pt", "clipsonic/weights/demo/prior.pt",
+                     "clipsonic/weights/demo/demo.json"]:
         assert required in names, required
     metadata = next(n for n in names if n.endswith("METADATA"))
     requires = [line.split()[1] for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()

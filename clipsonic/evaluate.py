@@ -1,0 +1,406 @@
+"""`clipsonic eval`: the paper's objective evaluation (§3.3, Tables 1 and 2, Figure 3).
+
+K samples per model (512 in the paper), one per query drawn from the test split's labelled
+clips: the text "a photo of [label]" for the text variants (ZS, PD, SD, CLIP-TTA), the clip's
+middle frame's CLIP embedding for IQ. Each sample is embedded with VGGish and the Fréchet
+audio distance taken against the VGGish embeddings of the test clips' real soundtracks
+(cached as statistics in the output folder). The mel-reconstruction row vocodes the real
+test mels, the floor the vocoder puts under every model. Table 2 is the mean cosine
+similarity between the query embedding (the text's for ZS, the prior's draw for PD/SD) and
+the clip's real image embedding.
+
+The CLAP score is not computed: it needs the LAION-CLAP model, which this package does not port.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipsonic.config import Config
+from clipsonic.data import ClipRecord, Dataset
+from clipsonic.errors import ClipsonicError
+from clipsonic.fileio import atomic_path, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+# Paper Table 1: name, trained without text-audio pairs, training and inference query modality.
+MODELS = {
+    "iq": ("CLIPSonic-IQ (image-queried)", "-", "image", "image"),
+    "zs": ("CLIPSonic-ZS (zero-shot modality transfer)", "yes", "image", "text"),
+    "pd": ("CLIPSonic-PD (pretrained diffusion prior)", "yes", "image", "text"),
+    "sd": ("CLIPSonic-SD (supervised diffusion prior)", "no", "image", "text"),
+    "tta": ("CLIP-TTA", "no", "text", "text"),
+    "reconstruction": ("mel spectrogram reconstruction", "-", "-", "-"),
+}
+TEXT_VARIANTS = ("zs", "pd", "sd", "tta")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Config):
+    samples: int = 512
+    guidance: tuple[float, ...] = (1.5,)  # several: a guidance sweep (paper Figure 3)
+    sampler: str = "dpm++"
+    steps: int = 25
+    seconds: float = 4.0
+    batch: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ClipsonicError("--samples must be at least 2 (a covariance needs two embeddings)")
+        if not self.guidance or any(w < 0 for w in self.guidance):
+            raise ClipsonicError("guidance weights must be non-negative")
+        if self.steps < 1 or self.batch < 1 or self.seconds < 1:
+            raise ClipsonicError("--steps and --batch must be at least 1 and --seconds at least 1 "
+                                 "(VGGish reads 0.96-s windows)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    record: ClipRecord
+    frame: int  # which of the clip's embedded frames IQ uses (the middle one)
+
+    @property
+    def label(self) -> str | None:
+        return self.record.label
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    variant: str
+    guidance: float | None
+    fad: float
+    samples: int
+
+
+def plan_queries(dataset: Dataset, samples: int, seed: int) -> list[Query]:
+    """`samples` queries over the labelled test clips: every clip once per round, in a seeded order."""
+    records = [record for record in dataset.records if record.label is not None]
+    if not records:
+        raise ClipsonicError(f"{dataset.folder}: no labelled test clips to evaluate on (preprocess with --labels)")
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while len(order) < samples:
+        order.extend(rng.permutation(len(records)).tolist())
+    return [Query(records[index], records[index].frame_count // 2) for index in order[:samples]]
+
+
+def real_audio(dataset: Dataset, record: ClipRecord, sample_rate: int) -> np.ndarray:
+    """The clip's soundtrack, mono at `sample_rate`, from its source file."""
+    from clipsonic.media import decode_audio
+
+    if dataset.source_root is None:
+        raise ClipsonicError(f"{dataset.folder}: the dataset does not record where its videos are, so the real "
+                             f"audio cannot be read")
+    path = dataset.source_root / record.source
+    if not path.is_file():
+        raise ClipsonicError(f"{path}: the source video of test clip {record.id} is gone")
+    return decode_audio(path, sample_rate)
+
+
+class Evaluator:
+    """Generates, embeds and scores; one instance per evaluation run."""
+
+    def __init__(self, pipeline, dataset: Dataset, vggish, config: EvalConfig, tta=None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.pipeline, self.dataset, self.vggish, self.config = pipeline, dataset, vggish, config
+        self.tta, self.progress = tta, progress
+        self.queries = plan_queries(dataset, config.samples, config.seed)
+        self._text_embeddings: dict[str, torch.Tensor] = {}
+        self._conditions: dict[str, torch.Tensor] = {}
+
+    def available_variants(self) -> list[str]:
+        variants = ["iq", "zs"]
+        if self.pipeline.prior is not None:
+            variants.append("sd" if self.pipeline.prior.origin == "trained" else "pd")
+        if self.tta is not None:
+            variants.append("tta")
+        return variants
+
+    # ------------------------------------------------------------ query embeddings
+
+    def image_embeddings(self) -> torch.Tensor:
+        """[K, D]: each query clip's real CLIP image embedding (IQ's condition, Table 2's target)."""
+        return torch.from_numpy(np.stack([self.dataset.image_embeddings(q.record)[q.frame] for q in self.queries]))
+
+    def _texts(self) -> list[str]:
+        return [self.dataset.text_template.format(label=q.label) for q in self.queries]
+
+    def condition(self, variant: str) -> torch.Tensor:
+        """The K conditioning embeddings [K, D] of a variant (drawn once, reused across guidance weights)."""
+        if variant in self._conditions:
+            return self._conditions[variant]
+        from clipsonic.tokenizer import tokenize
+
+        if variant == "iq":
+            condition = self.image_embeddings()
+        elif variant == "tta":  # what train --text-cond trained on: the stored text embeddings
+            condition = torch.from_numpy(np.stack([self.dataset.text_embedding(q.label) for q in self.queries]))
+        elif variant == "zs":
+            condition = torch.cat([self._text_embedding(text) for text in self._texts()])
+        elif variant in ("pd", "sd"):
+            texts, draws = self._texts(), []
+            for start in range(0, len(texts), self.config.batch):
+                tokens = tokenize(texts[start:start + self.config.batch], self.pipeline.clip.config.context_length)
+                with torch.inference_mode():
+                    draws.append(self.pipeline.prior_embedding(tokens.to(self.pipeline.device), variant,
+                                                               self.config.seed + start).float().cpu())
+            condition = torch.cat(draws)
+        else:
+            raise ClipsonicError(f"unknown variant {variant!r} (choose from {', '.join(MODELS)})")
+        self._conditions[variant] = condition.float()
+        return self._conditions[variant]
+
+    def _text_embedding(self, text: str) -> torch.Tensor:
+        if text not in self._text_embeddings:
+            from clipsonic.tokenizer import tokenize
+
+            tokens = tokenize([text], self.pipeline.clip.config.context_length).to(self.pipeline.device)
+            with torch.inference_mode():
+                self._text_embeddings[text] = self.pipeline.clip.encode_text(tokens).float().cpu()
+        return self._text_embeddings[text]
+
+    def cosine_similarities(self, variants: Sequence[str]) -> dict[str, float]:
+        """Paper Table 2: mean cos(query, the clip's real image embedding) for ZS, PD and SD."""
+        target = self.image_embeddings()
+        return {variant: float(torch.nn.functional.cosine_similarity(self.condition(variant), target).mean())
+                for variant in variants if variant in ("zs", "pd", "sd")}
+
+    # ------------------------------------------------------------ audio and FAD
+
+    def embed_audio(self, wavs: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
+        """VGGish embeddings of 16-kHz waveforms, all examples of all clips stacked [N, 128]."""
+        clips = self.vggish.embed_clips([torch.as_tensor(np.asarray(wav, dtype=np.float32)) for wav in wavs])
+        return np.concatenate([clip.float().cpu().numpy() for clip in clips]).astype(np.float64)
+
+    def generated_embeddings(self, variant: str, guidance: float,
+                             save_to: Path | None = None) -> np.ndarray:
+        """VGGish embeddings of the K samples of a variant at one guidance weight."""
+        import dataclasses as dc
+
+        condition = self.condition(variant)
+        pipeline = self.pipeline if variant != "tta" else dc.replace(self.pipeline, spectrogram=self.tta)
+        config, rows = self.config, []
+        for start in range(0, len(condition), config.batch):
+            chunk = condition[start:start + config.batch]
+            mel = pipeline.generate_mel(chunk.to(pipeline.device), guidance, config.sampler, config.steps,
+                                        config.seconds, config.seed + start, batch=len(chunk))
+            wavs = pipeline.vocode(mel, config.seconds, seed=config.seed + start)
+            if save_to is not None:
+                self._save(save_to, start, wavs)
+            rows.append(self.embed_audio(list(wavs)))
+            if self.progress:
+                self.progress(len(chunk))
+        return np.concatenate(rows)
+
+    def reconstruction_embeddings(self) -> np.ndarray:
+        """VGGish embeddings of the test clips' real mels (the first `seconds`) put through the vocoder."""
+        mel_config = self.pipeline.spectrogram.mel_config
+        frames = round(self.config.seconds * mel_config.sample_rate / mel_config.hop_size)
+        records = distinct_records(self.queries)
+        rows = []
+        for start in range(0, len(records), self.config.batch):
+            chunk = records[start:start + self.config.batch]
+            mels = torch.from_numpy(np.stack([self._padded_mel(r, frames) for r in chunk]))
+            rows.append(self.embed_audio(list(self.pipeline.vocode(mels, self.config.seconds, seed=self.config.seed))))
+        return np.concatenate(rows)
+
+    def _padded_mel(self, record: ClipRecord, frames: int) -> np.ndarray:
+        mel = self.dataset.mel(record, 0, min(frames, record.mel_frames))
+        if mel.shape[1] < frames:  # a short clip: pad with the log floor (silence)
+            mel = np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=float(mel.min()))
+        return mel
+
+    def reference_statistics(self, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the VGGish embeddings of the test clips' real audio, cached in `cache`."""
+        from clipsonic.metrics import embedding_statistics, load_statistics, save_statistics
+
+        records = distinct_records(self.queries)
+        key = hashlib.sha256("\n".join([str(self.dataset.folder.resolve())] + [r.id for r in records]
+                                       + [self.vggish_fingerprint()]).encode()).hexdigest()
+        if cache is not None and cache.is_file():
+            with np.load(cache) as archive:
+                if "key" in archive.files and str(archive["key"]) == key:
+                    return load_statistics(cache)
+        sample_rate = 16000
+        embeddings = self.embed_audio([real_audio(self.dataset, r, sample_rate) for r in records])
+        mu, sigma = embedding_statistics(embeddings)
+        if cache is not None:
+            save_statistics(cache, mu, sigma, key=key)
+        return mu, sigma
+
+    def vggish_fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.vggish.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+        return digest.hexdigest()
+
+    def _save(self, folder: Path, start: int, wavs: torch.Tensor) -> None:
+        from clipsonic.audio import save_audio
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for offset, wav in enumerate(wavs):
+            query = self.queries[start + offset]
+            name = f"{start + offset:04d}_{(query.label or 'unlabelled').replace(' ', '_').replace('/', '_')}.wav"
+            save_audio(folder / name, wav, self.pipeline.spectrogram.mel_config.sample_rate)
+
+
+def distinct_records(queries: Sequence[Query]) -> list[ClipRecord]:
+    seen: dict[str, ClipRecord] = {}
+    for query in queries:
+        seen.setdefault(query.record.id, query.record)
+    return list(seen.values())
+
+
+def evaluate(evaluator: Evaluator, variants: Sequence[str], out: Path, save_audio: bool = False,
+             reconstruction: bool = True) -> dict:
+    """Score every variant at every guidance weight; write the tables and summary.json to `out`."""
+    from clipsonic.metrics import embedding_statistics, frechet_distance_from_statistics
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = evaluator.config
+    reference = evaluator.reference_statistics(out / "reference_statistics.npz")
+    scores: list[Score] = []
+    for variant in variants:
+        for guidance in config.guidance:
+            folder = out / "samples" / f"{variant}_w{guidance:g}" if save_audio else None
+            embeddings = evaluator.generated_embeddings(variant, guidance, folder)
+            fad = frechet_distance_from_statistics(*embedding_statistics(embeddings), *reference)
+            scores.append(Score(variant, guidance, fad, len(embeddings)))
+            log.info("%s at w=%g: FAD %.3f", variant, guidance, fad)
+    if reconstruction:
+        embeddings = evaluator.reconstruction_embeddings()
+        scores.append(Score("reconstruction", None, frechet_distance_from_statistics(
+            *embedding_statistics(embeddings), *reference), len(embeddings)))
+    cosine = evaluator.cosine_similarities(variants)
+    vocoder = "BigVGAN" if evaluator.pipeline.vocoder is not None else "Griffin-Lim"
+    summary = {"format": "clipsonic.eval", "version": 1, "dataset": str(evaluator.dataset.folder),
+               "config": config.to_dict(), "vocoder": vocoder, "test_clips": len(distinct_records(evaluator.queries)),
+               "fad": [dataclasses.asdict(score) for score in scores], "cosine_similarity": cosine,
+               "clap_score": None}
+    table_weight = min(config.guidance, key=lambda w: abs(w - 1.5))
+    write_text_atomic(out / "table1.md", table1(scores, table_weight, vocoder) + "\n")
+    write_text_atomic(out / "table2.md", table2(cosine) + "\n")
+    if len(config.guidance) > 1:
+        write_text_atomic(out / "sweep.md", sweep_table(scores, config.guidance) + "\n")
+        plot_sweep(scores, out / "fad_vs_guidance.png")
+    write_text_atomic(out / "sweep.csv", sweep_csv(scores))
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def table1(scores: Sequence[Score], guidance: float, vocoder: str) -> str:
+    """Paper Table 1's layout at one guidance weight (CLAP score: not computed)."""
+    lines = [f"Evaluation at w = {guidance:g} ({vocoder} vocoder).", "",
+             "| Model | Without text-audio pairs | Training query | Inference query | FAD ↓ | CLAP score ↑ |",
+             "|---|---|---|---|---|---|"]
+    for score in scores:
+        if score.guidance not in (None, guidance):
+            continue
+        name, unpaired, training, inference = MODELS[score.variant]
+        if score.variant == "reconstruction":
+            name = f"{vocoder} {name}"
+        lines.append(f"| {name} | {unpaired} | {training} | {inference} | {score.fad:.3f} | n/a |")
+    return "\n".join(lines)
+
+
+def table2(cosine: dict[str, float]) -> str:
+    """Paper Table 2: cosine similarities between query embeddings."""
+    computed = {"zs": "sim(q_text, q_img)", "pd": "sim(q̂_img, q_img)", "sd": "sim(q̂_img, q_img)"}
+    lines = ["| Model | Similarity computed | Value |", "|---|---|---|"]
+    for variant, value in cosine.items():
+        lines.append(f"| {MODELS[variant][0].split(' (')[0]} | {computed[variant]} | {value:.3f} |")
+    return "\n".join(lines)
+
+
+def sweep_table(scores: Sequence[Score], weights: Sequence[float]) -> str:
+    """FAD per model (rows) and guidance weight (columns)."""
+    lines = ["| Model | " + " | ".join(f"w = {w:g}" for w in weights) + " |",
+             "|---|" + "---|" * len(weights)]
+    for variant in dict.fromkeys(s.variant for s in scores if s.guidance is not None):
+        by_weight = {s.guidance: s.fad for s in scores if s.variant == variant}
+        lines.append(f"| {MODELS[variant][0]} | " + " | ".join(f"{by_weight[w]:.3f}" for w in weights) + " |")
+    return "\n".join(lines)
+
+
+def sweep_csv(scores: Sequence[Score]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["variant", "guidance", "fad", "samples"])
+    for score in scores:
+        writer.writerow([score.variant, "" if score.guidance is None else f"{score.guidance:g}",
+                         f"{score.fad:.6f}", score.samples])
+    return text.getvalue()
+
+
+def plot_sweep(scores: Sequence[Score], path: Path) -> bool:
+    """FAD against guidance as a PNG, when matplotlib is installed (an optional extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for variant in dict.fromkeys(s.variant for s in scores if s.guidance is not None):
+        points = sorted((s.guidance, s.fad) for s in scores if s.variant == variant)
+        axes.plot(*zip(*points), marker="o", label=MODELS[variant][0].split(" (")[0])
+    axes.set_xlabel("classifier-free guidance w")
+    axes.set_ylabel("FAD (VGGish)")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    return True
+
+
+# ------------------------------------------------------------ FAD between folders
+
+
+def folder_statistics(path: Path, vggish, sample_rate: int = 16000) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """(mean, covariance) of the VGGish embeddings of every audio/video file below `path`, and the
+    file count; or the statistics stored in a .npz file."""
+    from clipsonic.audio import load_audio
+    from clipsonic.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, find_files
+    from clipsonic.metrics import embedding_statistics, load_statistics
+
+    if path.is_file() and path.suffix == ".npz":
+        return load_statistics(path), 0
+    if not path.is_dir():
+        raise ClipsonicError(f"{path}: not a folder of audio files or a statistics .npz")
+    files = find_files(path, AUDIO_SUFFIXES + VIDEO_SUFFIXES)
+    if len(files) < 1:
+        raise ClipsonicError(f"{path}: no audio files in it")
+    rows = [np.asarray(vggish.embed(load_audio(file, sample_rate)), dtype=np.float64) for file in files]
+    embeddings = np.concatenate(rows)
+    if len(embeddings) < 2:
+        raise ClipsonicError(f"{path}: the audio is too short for two VGGish windows (0.96 s each)")
+    return embedding_statistics(embeddings), len(files)
+
+
+def vggish_path(given: str | os.PathLike | None) -> Path:
+    """The VGGish weights: `given`, else the manifest's file in the user weights folder."""
+    from clipsonic import manifest
+
+    if given is not None:
+        return Path(given)
+    found = manifest.locate(manifest.load_manifest()["vggish"])
+    if found is None:
+        raise ClipsonicError(f"no VGGish weights: pass --vggish, or put vggish-10086976.pth in "
+                             f"{manifest.user_folder()} (see 'clipsonic weights list')")
+    return found

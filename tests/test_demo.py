@@ -1,0 +1,90 @@
+"""The shipped demo bundle: in the manifest, used by `sample` without models, passes its quality gate."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from clipsonic import manifest
+from clipsonic.demo import BUNDLE_FILES, NearestCentroid, mel_features, read_summary
+from clipsonic.synthetic import CLASSES
+
+MAX_BUNDLE_BYTES = 50 * 2**20
+
+
+def test_bundle_is_in_the_manifest_with_checksums_and_small():
+    entries = manifest.load_manifest()
+    total = 0
+    for name in BUNDLE_FILES:
+        entry = entries[f"demo-{name.removesuffix('.pt')}"]
+        assert entry.shipped and entry.file == f"demo/{name}"
+        result = manifest.verify(entry)
+        assert result.status == "ok", result.detail
+        total += result.path.stat().st_size
+    assert total <= MAX_BUNDLE_BYTES
+
+
+def test_recorded_quality_gate_is_a_complete_measurement():
+    summary = read_summary()
+    gate = summary["quality_gate"]
+    for variant in ("sd", "iq", "zs"):
+        counts = gate[variant]["correct"]
+        assert set(counts) == set(CLASSES) and gate[variant]["samples_per_class"] == 16
+        assert gate[variant]["accuracy"] == pytest.approx(sum(counts.values()) / (16 * len(CLASSES)))
+        assert gate[variant]["worst_class"] == min(counts.values()) / 16
+    assert gate["passed"] == all(gate[v]["worst_class"] >= 0.8 for v in ("sd", "iq"))
+    assert set(summary["seconds"]) == {"synthetic data", "clip", "preprocess", "unet", "prior", "quality gate"}
+
+
+@pytest.mark.xfail(strict=True, reason="open in [demo]: the shipped bundle makes 10/16 recognisable bells (SD and IQ), "
+                                       "below the gate's 13/16; every other class passes")
+def test_recorded_quality_gate_passed():
+    assert read_summary()["quality_gate"]["passed"]
+
+
+def test_sample_without_models_uses_the_demo_bundle(tmp_path):
+    out = tmp_path / "rain.wav"
+    done = subprocess.run([sys.executable, "-m", "clipsonic", "sample", "--text", "a photo of rain", "-o", str(out),
+                           "--steps", "3", "--seconds", "1", "--seed", "0"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sum("using the shipped demo bundle" in line for line in done.stderr.splitlines()) == 1
+    wav, rate = soundfile.read(out)
+    assert rate == 16000 and len(wav) == 16000 and np.abs(wav).max() > 0
+
+
+def test_nearest_centroid_on_mel_features():
+    rng = np.random.default_rng(0)
+    def clip():  # each clip has its own spectral tilt and level, and noise over time
+        return (np.full((64, 50), rng.uniform(-9, -7)) + rng.normal(0, 0.5, (64, 1))
+                + rng.normal(0, 0.3, (64, 50)))
+
+    low = [clip() for _ in range(4)]
+    high = [clip() for _ in range(4)]
+    for mel in low:
+        mel[:10] += 6
+    for mel in high:
+        mel[50:] += 6
+    classifier = NearestCentroid.fit(np.stack([mel_features(m) for m in low + high]), ["low"] * 4 + ["high"] * 4)
+    probe = np.full((64, 50), -2.0)  # louder than every training clip: the level does not count
+    probe[52:] += 5
+    assert classifier.predict(mel_features(probe)[None]) == ["high"]
+    assert mel_features(probe).shape == (64,) and abs(mel_features(probe).mean()) < 1e-9
+
+
+@pytest.mark.slow
+def test_retrain_smoke_builds_a_bundle(tmp_path):
+    """The retrain path end to end at toy sizes: every stage runs and a loadable bundle appears."""
+    before = (manifest.shipped_folder() / "manifest.json").read_bytes()
+    done = subprocess.run([sys.executable, "-m", "clipsonic", "demo", "--retrain", "--recipe", "smoke",
+                           "--bundle", str(tmp_path / "bundle"), "--work", str(tmp_path / "work"), "--no-progress"],
+                          capture_output=True, text=True)
+    # Smoke-sized models are not expected to pass the gate: exit 1 with the gate's table is fine.
+    assert done.returncode in (0, 1), done.stderr
+    assert "| class | SD | IQ | ZS |" in done.stdout
+    summary = json.loads((tmp_path / "bundle" / "demo.json").read_text())
+    assert summary["recipe"]["clip_steps"] == 4 and set(summary["seconds"]) >= {"clip", "unet", "prior"}
+    assert all((tmp_path / "bundle" / name).is_file() for name in BUNDLE_FILES)
+    assert (manifest.shipped_folder() / "manifest.json").read_bytes() == before  # only the shipped bundle pins

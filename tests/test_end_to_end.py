@@ -1,0 +1,67 @@
+"""The whole product through the CLI at toy sizes: synthetic videos -> preprocess -> train -> train-prior
+-> sample -> eval (and eval fad), each step producing the files the next one reads."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile
+import torch
+
+from clipsonic.clip import CLIP, CLIPConfig, save_clip
+from clipsonic.vggish import VGGish
+
+
+def run(*args, check=True):
+    done = subprocess.run([sys.executable, "-m", "clipsonic", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert done.returncode == 0, f"{args[0]}: {done.stderr}"
+    return done
+
+
+@pytest.mark.slow
+def test_videos_to_evaluation(tmp_path):
+    torch.manual_seed(0)
+    clip_path = save_clip(tmp_path / "clip.pt", CLIP(CLIPConfig.preset("tiny").replace(text_width=64)).eval())
+    vggish_path = tmp_path / "vggish.pth"  # torchvggish's layout with random weights (the real file is not here)
+    torch.save(VGGish().state_dict(), vggish_path)
+
+    run("make-demo-data", tmp_path / "synthetic", "--clips-per-class", 2, "--min-seconds", 4, "--max-seconds", 4,
+        "--no-progress")
+    data = tmp_path / "data"
+    run("preprocess", tmp_path / "synthetic" / "videos", "--out", data, "--labels", tmp_path / "synthetic" / "labels.csv",
+        "--clip", clip_path, "--workers", 1, "--no-progress")
+    assert len((data / "clips.jsonl").read_text().splitlines()) == 16
+    run("train", data, "--out", tmp_path / "unet", "--preset", "tiny", "--steps", 3, "--batch-size", 2,
+        "--save-every", 3, "--no-progress")
+    run("train-prior", data, "--out", tmp_path / "prior", "--preset", "tiny", "--steps", 2, "--batch-size", 4,
+        "--save-every", 2, "--no-progress")
+    models = ["--clip", clip_path, "--checkpoint", tmp_path / "unet" / "checkpoint.pt",
+              "--prior", tmp_path / "prior" / "checkpoint.pt"]
+    sampled = run("sample", *models, "--text", "a photo of bell", "--steps", 2, "--seconds", 1, "--batch", 2,
+                  "-o", tmp_path / "bell.wav", "--seed", 3)
+    assert "variant sd" in sampled.stderr
+    for index in range(2):
+        wav, rate = soundfile.read(tmp_path / f"bell_{index}.wav")
+        assert rate == 16000 and len(wav) == 16000
+
+    out = tmp_path / "eval"
+    run("eval", data, *models, "--vggish", vggish_path, "--samples", 4, "--batch", 4, "--steps", 2, "--seconds", 1,
+        "--guidance-sweep", "1,2", "--save-audio", "--out", out, "--no-progress")
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(row["variant"], row["guidance"]) for row in summary["fad"]} == \
+        {("iq", 1.0), ("iq", 2.0), ("zs", 1.0), ("zs", 2.0), ("sd", 1.0), ("sd", 2.0), ("reconstruction", None)}
+    assert all(row["fad"] >= 0 for row in summary["fad"]) and set(summary["cosine_similarity"]) == {"zs", "sd"}
+    assert "| CLIPSonic-SD (supervised diffusion prior) | no | image | text |" in (out / "table1.md").read_text()
+    assert "| Model | w = 1 | w = 2 |" in (out / "sweep.md").read_text()
+    with open(out / "sweep.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 7
+    assert (out / "reference_statistics.npz").is_file()
+    assert len(list((out / "samples" / "sd_w2").glob("*.wav"))) == 4
+
+    fad = run("eval", "fad", out / "samples" / "sd_w1", out / "samples" / "iq_w1", "--vggish", vggish_path)
+    assert fad.stdout.startswith("FAD ") and float(fad.stdout.split()[1]) >= 0
+    missing = run("eval", "fad", tmp_path / "nowhere", out / "samples", "--vggish", vggish_path, check=False)
+    assert missing.returncode == 1 and "nowhere: not a folder" in missing.stderr
