@@ -82,7 +82,7 @@ def test_cli_and_its_errors(audio, tmp_path):
     empty.mkdir()
     failed = subprocess.run([sys.executable, "-m", "clipsonic", "train-vocoder", str(empty), "--out",
                              str(tmp_path / "r2"), "--preset", "tiny"], capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 1 and "no audio files" in failed.stderr
+    assert failed.returncode == 1 and "no audio or video files" in failed.stderr
     odd = subprocess.run([sys.executable, "-m", "clipsonic", "train-vocoder", str(audio), "--out", str(tmp_path / "r3"),
                           "--preset", "tiny", "--segment-samples", "1000"], capture_output=True, text=True, timeout=300)
     assert odd.returncode == 1 and "not a multiple of the hop 512" in odd.stderr
