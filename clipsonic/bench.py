@@ -394,6 +394,7 @@ def bench_preprocess(clip_preset: str = "paper", clips: int = 16, seconds: float
     the plain path (decoding in the main process, fp32 CLIP) against ours (`workers` decoding
     processes beside a bf16 CLIP). The rows' names give clips per second."""
     import copy
+    import itertools
     import shutil
     import tempfile
     from pathlib import Path
@@ -413,7 +414,7 @@ def bench_preprocess(clip_preset: str = "paper", clips: int = 16, seconds: float
         files = sorted(videos.rglob("*.mp4"))[clips:]
         for extra in files:  # keep exactly `clips` videos
             extra.unlink()
-        runs = iter(range(10**6))
+        runs = itertools.count()  # every timed run writes a fresh dataset folder
 
         def run(clip, processes: int):
             return preprocess(videos, folder / f"out-{next(runs)}", clip, settings=PreprocessConfig(), workers=processes)

@@ -187,10 +187,8 @@ class Evaluator:
     def generated_embeddings(self, variant: str, guidance: float,
                              save_to: Path | None = None) -> np.ndarray:
         """VGGish embeddings of the K samples of a variant at one guidance weight."""
-        import dataclasses as dc
-
         condition = self.condition(variant)
-        pipeline = self.pipeline if variant != "tta" else dc.replace(self.pipeline, spectrogram=self.tta)
+        pipeline = self.pipeline if variant != "tta" else dataclasses.replace(self.pipeline, spectrogram=self.tta)
         config, rows = self.config, []
         for start in range(0, len(condition), config.batch):
             chunk = condition[start:start + config.batch]
@@ -241,6 +239,8 @@ class Evaluator:
         return mu, sigma
 
     def vggish_fingerprint(self) -> str:
+        """Which VGGish weights made the cached statistics: each tensor's name and first 4 KiB
+        (enough to tell weight files apart without hashing 288 MB on every run)."""
         digest = hashlib.sha256()
         for name, tensor in sorted(self.vggish.state_dict().items()):
             digest.update(name.encode())

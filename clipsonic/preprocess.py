@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -219,11 +220,9 @@ class _Terminate:
     """SIGTERM behaves like Ctrl-C while the run is on, so a `kill` also saves the finished clips."""
 
     def __enter__(self):
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
+        # Only the main thread may set handlers; elsewhere signals are left alone.
+        in_main = threading.current_thread() is threading.main_thread()
+        self._previous = signal.signal(signal.SIGTERM, self._raise) if in_main else None
         return self
 
     @staticmethod
