@@ -191,8 +191,9 @@ def test_cli_errors_are_one_line(tmp_path, clip_file, capsys):
 def test_kill_and_resume_gives_the_same_dataset(tmp_path, clip_file, dataset_folder):
     source = tmp_path / "videos"
     source.mkdir()
-    for index in range(8):
-        make_video(source / f"v{index}.mp4", seconds=2.1 + 0.1 * index)
+    videos = 16  # enough that the kill lands mid-run even when clips go fast
+    for index in range(videos):
+        make_video(source / f"v{index}.mp4", seconds=2.1 + 0.05 * index)
     command = [sys.executable, "-m", "clipsonic", "preprocess", str(source), "--clip", str(clip_file),
                "--workers", "0", "--shard-clips", "1", "--no-progress"]
     reference = tmp_path / "reference"
@@ -206,11 +207,11 @@ def test_kill_and_resume_gives_the_same_dataset(tmp_path, clip_file, dataset_fol
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = records.read_text().count("\n")
-    assert 2 <= done < 8
+    assert 2 <= done < videos
     with open(records, "a") as handle:
-        handle.write('{"id": "v7.mp4", "sou')  # as if killed while appending: a cut last line
+        handle.write('{"id": "v15.mp4", "sou')  # as if killed while appending: a cut last line
     rerun = subprocess.run(command + ["--out", str(resumed)], check=True, capture_output=True, text=True)
-    assert f"{8 - done} clip(s) added, {done} already there" in rerun.stdout
+    assert f"{videos - done} clip(s) added, {done} already there" in rerun.stdout
     assert_same_dataset(Dataset(resumed), Dataset(reference))
 
 
