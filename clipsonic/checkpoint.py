@@ -40,8 +40,10 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: Config | dict[st
         "state_dict": {name: tensor.detach().cpu() for name, tensor in state_dict.items()},
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        # Through a file object the zip's inner folder is always "archive" (given a path, torch
+        # names it after the temporary file), so the same weights give the same bytes and sha256.
+        torch.save(payload, handle)
     return Path(path)
 
 

@@ -587,6 +587,11 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def _parameter_count(model) -> str:
+    count = sum(p.numel() for p in model.parameters())
+    return f"{count / 1e6:.1f} M" if count >= 100_000 else f"{count / 1e3:.1f} k"
+
+
 def _make_demo_data(args: argparse.Namespace) -> int:
     from clipsonic.synthetic import make_demo_data
 
@@ -682,8 +687,8 @@ def _train(args: argparse.Namespace) -> int:
         unet_config = UNetConfig.from_dict(saved["config"])
         mel_norm = MelNormalization.from_dict(saved["extra"]["mel_norm"])
     task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
-    log.info("training a %.1f M-parameter UNet on %d clips of %s", sum(p.numel() for p in task.model.parameters())
-             / 1e6, len(task.records), args.dataset)
+    log.info("training a %s-parameter UNet on %d clips of %s", _parameter_count(task.model), len(task.records),
+             args.dataset)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
     log.info("done: %s", path)
     return 0
@@ -724,8 +729,7 @@ def _train_vocoder(args: argparse.Namespace) -> int:
         model_config = BigVGANConfig.from_dict(saved["config"])
         settings = VocoderTrainingConfig.from_dict(saved["extra"]["training"])
     task = VocoderTask(args.audio, model_config, settings)
-    log.info("training a %.1f M-parameter BigVGAN on %.1f s of audio from %s",
-             sum(p.numel() for p in task.model.parameters()) / 1e6,
+    log.info("training a %s-parameter BigVGAN on %.1f s of audio from %s", _parameter_count(task.model),
              task.training_audio.numel() / model_config.sampling_rate, args.audio)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
     log.info("done: %s", path)
@@ -750,8 +754,8 @@ def _train_prior(args: argparse.Namespace) -> int:
     if args.resume and (args.out / CHECKPOINT_NAME).is_file():
         prior_config = PriorConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME, "prior")["config"])
     task = PriorTask(Dataset(args.dataset, split="train"), prior_config)
-    log.info("training a %.1f M-parameter prior on %d labelled clips of %s",
-             sum(p.numel() for p in task.model.parameters()) / 1e6, len(task.records), args.dataset)
+    log.info("training a %s-parameter prior on %d labelled clips of %s", _parameter_count(task.model),
+             len(task.records), args.dataset)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
     log.info("done: %s", path)
     return 0

@@ -748,24 +748,38 @@ class ClipSpec:
         return f"{self.label}/{self.label}_{self.index:03d}.mp4"
 
 
+REFERENCE_FIRST_INDEX = 100_000  # reference clips are numbered from here on, beyond every data set's clips
+
+
+def _planned(label: str, index: int, seed: int, seconds_range: tuple[float, float], fps: int, split: str) -> ClipSpec:
+    low, high = seconds_range
+    frames = max(1, round(clip_rng(seed, label, index, _DURATION_STREAM).uniform(low, high) * fps))
+    return ClipSpec(label, index, frames / fps, split, seed)
+
+
 def plan_clips(clips_per_class: int, seed: int = 0, seconds_range: tuple[float, float] = (4.0, 10.0),
                fps: int = FPS, test_fraction: float = 0.2) -> list[ClipSpec]:
     """Every clip of the data set, class by class. Lengths are whole frames; the last
     `test_fraction` of each class (at least one clip when there are two or more) is ``test``."""
     low, high = seconds_range
-    if clips_per_class < 1 or not 0 < low <= high or fps < 1 or not 0 <= test_fraction < 1:
-        raise ClipsonicError(f"need at least 1 clip per class, 0 < shortest <= longest seconds, fps >= 1 and a test "
-                             f"fraction in [0, 1) (got {clips_per_class}, {seconds_range}, {fps}, {test_fraction})")
+    if not 1 <= clips_per_class <= REFERENCE_FIRST_INDEX or not 0 < low <= high or fps < 1 \
+            or not 0 <= test_fraction < 1:
+        raise ClipsonicError(f"need 1 to {REFERENCE_FIRST_INDEX} clips per class, 0 < shortest <= longest seconds, "
+                             f"fps >= 1 and a test fraction in [0, 1) "
+                             f"(got {clips_per_class}, {seconds_range}, {fps}, {test_fraction})")
     tests = round(clips_per_class * test_fraction)
     if test_fraction > 0 and clips_per_class >= 2:
         tests = max(tests, 1)
-    specs = []
-    for label in CLASSES:
-        for index in range(clips_per_class):
-            frames = max(1, round(clip_rng(seed, label, index, _DURATION_STREAM).uniform(low, high) * fps))
-            split = "test" if index >= clips_per_class - tests else "train"
-            specs.append(ClipSpec(label, index, frames / fps, split, seed))
-    return specs
+    return [_planned(label, index, seed, seconds_range, fps, "test" if index >= clips_per_class - tests else "train")
+            for label in CLASSES for index in range(clips_per_class)]
+
+
+def reference_clips(count: int, seed: int = 0, seconds_range: tuple[float, float] = (4.0, 10.0),
+                    fps: int = FPS) -> list[ClipSpec]:
+    """`count` clips of each class that no data set `make_demo_data` writes contains (split
+    ``reference``): real sounds of each class to measure generated ones against."""
+    return [_planned(label, REFERENCE_FIRST_INDEX + index, seed, seconds_range, fps, "reference")
+            for label in CLASSES for index in range(count)]
 
 
 def clip_audio(spec: ClipSpec, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -35,6 +35,13 @@ def test_round_trip(tmp_path):
         torch.testing.assert_close(fresh.state_dict()[name], tensor, rtol=0, atol=0)
 
 
+def test_the_same_weights_give_the_same_bytes_under_any_name(tmp_path):
+    # Shipped files are pinned by sha256: rebuilding them must reproduce the hash, not only the weights.
+    first = save_checkpoint(tmp_path / "net.pt", "unet", TinyNetConfig(), tiny_net().state_dict())
+    second = save_checkpoint(tmp_path / "other" / "renamed.pt", "unet", TinyNetConfig(), tiny_net().state_dict())
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_a_failed_write_keeps_the_old_file(tmp_path):
     path = save_checkpoint(tmp_path / "net.pt", "unet", {"width": 4}, tiny_net().state_dict())
     before = path.read_bytes()

@@ -237,6 +237,18 @@ def test_plan_clips_lengths_splits_and_stability():
         synthetic.plan_clips(2, seconds_range=(5, 4))
 
 
+def test_reference_clips_lie_outside_every_data_set():
+    reference = synthetic.reference_clips(3, seed=0)
+    assert len(reference) == 3 * len(CLASSES) and {s.split for s in reference} == {"reference"}
+    assert min(s.index for s in reference) == synthetic.REFERENCE_FIRST_INDEX
+    assert all(4 <= s.seconds <= 10 for s in reference)
+    assert reference == synthetic.reference_clips(3, seed=0)  # deterministic
+    with pytest.raises(ClipsonicError, match="clips per class"):
+        synthetic.plan_clips(synthetic.REFERENCE_FIRST_INDEX + 1)
+    first = synthetic.clip_audio(reference[0])
+    assert not np.array_equal(first[:1000], synthetic.clip_audio(synthetic.plan_clips(1)[0])[:1000])
+
+
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
