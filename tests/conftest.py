@@ -14,13 +14,19 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(autouse=True)
-def _reset_cli_logging():
-    """`cli.main` configures the clipsonic logger for a terminal; undo it so caplog sees records."""
+def _reset_cli_state():
+    """`cli.main` configures the clipsonic logger for a terminal and `--threads` sets torch's thread
+    count for the process; undo both (caplog must see records, and a test that ran `--threads 1`
+    once made every later test run on one core)."""
+    import torch
+
+    threads = torch.get_num_threads()
     yield
     logger = logging.getLogger("clipsonic")
     logger.handlers.clear()
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):
