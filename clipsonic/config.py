@@ -82,6 +82,29 @@ class Config:
         return cls.from_dict(data)
 
 
+def read_config_source(source: str | os.PathLike | dict, what: str) -> tuple[dict[str, Any], str]:
+    """An upstream config given as a JSON file path or as its parsed dict -> (the dict, a name for messages).
+
+    Official checkpoints come with a JSON config (NVIDIA's config.json, LAION's
+    prior_config.json) that embedding code often holds already parsed; both forms are accepted.
+    Anything else is a ConfigError naming the type, before any file is touched.
+    """
+    if isinstance(source, dict):
+        return source, f"the {what} given as a dict"
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(f"the {what} must be a path to a JSON file or its parsed dict, got {type(source).__name__}")
+    try:
+        with open(source, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read the {what} ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{source}: the {what} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the {what} is not a JSON object")
+    return data, str(source)
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, Config):
         return value.to_dict()

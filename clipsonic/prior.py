@@ -27,7 +27,6 @@ position. What 1.1.0 computes, kept here on purpose:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -40,7 +39,7 @@ from torch import nn
 
 from clipsonic import ops
 from clipsonic.checkpoint import load_checkpoint, load_state_dict_strict, safe_torch_load, save_checkpoint
-from clipsonic.config import Config
+from clipsonic.config import Config, read_config_source
 from clipsonic.diffusion import cosine_betas, dalle2_prior_ddim
 from clipsonic.errors import CheckpointError, ConfigError
 
@@ -475,14 +474,10 @@ _SUPPORTED = {"predict_x_start": True, "beta_schedule": "cosine", "condition_on_
               "loss_type": "l2"}
 
 
-def config_from_laion(path: str | os.PathLike) -> PriorConfig:
-    """A LAION ``prior_config.json`` (its ``prior`` section) as a PriorConfig; settings this port
-    does not implement are an error naming them."""
-    source = Path(path)
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{source}: cannot read the prior config ({error})") from None
+def config_from_laion(config: str | os.PathLike | dict) -> PriorConfig:
+    """A LAION ``prior_config.json`` (a path, or its parsed dict; its ``prior`` section) as a
+    PriorConfig; settings this port does not implement are an error naming them."""
+    data, source = read_config_source(config, "prior config")
     prior = data.get("prior", data)
     if not isinstance(prior, dict) or "net" not in prior:
         raise ConfigError(f"{source}: no prior.net section")
@@ -499,12 +494,13 @@ def config_from_laion(path: str | os.PathLike) -> PriorConfig:
                        cond_drop_prob=prior.get("cond_drop_prob", 0.1))
 
 
-def load_prior(path: str | os.PathLike, config: str | os.PathLike | PriorConfig | None = None,
+def load_prior(path: str | os.PathLike, config: str | os.PathLike | dict | PriorConfig | None = None,
                dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> DiffusionPrior:
     """A prior in eval mode from our checkpoint or LAION's file (plain, or under "ema"/"model";
-    fp16 or fp32). `config` is LAION's prior_config.json (default: one beside the file, else
-    the architecture is read off the shapes). The noise-schedule tensors in the file must
-    match the cosine schedule."""
+    fp16 or fp32). `config` (LAION files only; ours carry their config): LAION's
+    prior_config.json as a path or as its parsed dict, or a PriorConfig; None reads the one
+    beside the file, else the architecture is read off the shapes. The noise-schedule tensors
+    in the file must match the cosine schedule."""
     source = Path(path)
     payload = safe_torch_load(source)
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith("clipsonic."):
@@ -514,12 +510,13 @@ def load_prior(path: str | os.PathLike, config: str | os.PathLike | PriorConfig 
     else:
         origin = "laion"
         state = _unwrap(payload, source)
+        beside = source.parent / "prior_config.json"
         if isinstance(config, PriorConfig):
             prior_config = config
+        elif config is not None:
+            prior_config = config_from_laion(config)
         else:
-            beside = source.parent / "prior_config.json"
-            config_path = Path(config) if config is not None else beside if beside.is_file() else None
-            prior_config = config_from_laion(config_path) if config_path else config_from_state_dict(state)
+            prior_config = config_from_laion(beside) if beside.is_file() else config_from_state_dict(state)
     model = DiffusionPrior(prior_config, origin)
     expected = model.state_dict()
     # Half-precision files round the schedule too: compare at the precision of the file.

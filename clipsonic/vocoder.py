@@ -14,7 +14,6 @@ plain weights for inference. The activation goes through `clipsonic.ops.anti_ali
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 from clipsonic import ops
 from clipsonic.audio import MelConfig
 from clipsonic.checkpoint import load_checkpoint, load_state_dict_strict, safe_torch_load, save_checkpoint
-from clipsonic.config import Config
+from clipsonic.config import Config, read_config_source
 from clipsonic.errors import CheckpointError, ConfigError
 from clipsonic.ops.anti_alias_reference import kaiser_sinc_filter
 
@@ -226,13 +225,10 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(BigVGANConfig)}
 
 
-def config_from_nvidia(path: str | os.PathLike) -> BigVGANConfig:
-    """An NVIDIA BigVGAN config.json as a BigVGANConfig (training-only keys are ignored)."""
-    source = Path(path)
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{source}: cannot read the BigVGAN config ({error})") from None
+def config_from_nvidia(config: str | os.PathLike | dict) -> BigVGANConfig:
+    """An NVIDIA BigVGAN config.json (a path, or its parsed dict) as a BigVGANConfig
+    (training-only keys are ignored)."""
+    data, source = read_config_source(config, "BigVGAN config")
     missing = [key for key in ("upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel",
                                "resblock_kernel_sizes", "resblock_dilation_sizes", "num_mels") if key not in data]
     if missing:
@@ -242,10 +238,12 @@ def config_from_nvidia(path: str | os.PathLike) -> BigVGANConfig:
     return BigVGANConfig.from_dict(values)
 
 
-def load_bigvgan(path: str | os.PathLike, config: str | os.PathLike | BigVGANConfig | None = None,
+def load_bigvgan(path: str | os.PathLike, config: str | os.PathLike | dict | BigVGANConfig | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> BigVGAN:
-    """A BigVGAN in eval mode from our checkpoint or an NVIDIA one (``{"generator": ...}``, with
-    `config` = its config.json, by default the one beside the file)."""
+    """A BigVGAN in eval mode from our checkpoint or an NVIDIA one (``{"generator": ...}``).
+
+    `config` (NVIDIA files only; ours carry their config): NVIDIA's config.json as a path or as
+    its parsed dict, or a BigVGANConfig; None reads the config.json beside the file."""
     source = Path(path)
     payload = safe_torch_load(source)
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith("clipsonic."):
@@ -257,11 +255,12 @@ def load_bigvgan(path: str | os.PathLike, config: str | os.PathLike | BigVGANCon
         state = payload["generator"]
         if isinstance(config, BigVGANConfig):
             model_config = config
+        elif config is not None:
+            model_config = config_from_nvidia(config)
+        elif (source.parent / "config.json").is_file():
+            model_config = config_from_nvidia(source.parent / "config.json")
         else:
-            config_path = Path(config) if config is not None else source.parent / "config.json"
-            if not config_path.is_file():
-                raise ConfigError(f"{source}: needs its config.json (none given and none beside it)")
-            model_config = config_from_nvidia(config_path)
+            raise ConfigError(f"{source}: needs its config.json (none given and none beside it)")
     model = BigVGAN(model_config)
     folded = {k: v.float() if v.is_floating_point() else v for k, v in fold_weight_norm(state).items()}
     load_state_dict_strict(model, folded, source)

@@ -109,6 +109,20 @@ def test_import_and_our_checkpoint_round_trip(tmp_path):
     check_numerics(model, reference("depth24"))
 
 
+def test_config_as_a_path_a_dict_or_ours(tmp_path):
+    torch.save(laion_state("depth12"), tmp_path / "latest.pth")
+    path = FIXTURES / "prior_depth12.json"
+    parsed = json.loads(path.read_text())
+    for config in (path, str(path), parsed, prior.config_from_laion(path)):
+        model = prior.load_prior(tmp_path / "latest.pth", config=config)
+        assert model.config == prior.config_from_laion(path)
+        check_numerics(model, reference("depth12"))
+    with pytest.raises(ConfigError, match="must be a path to a JSON file or its parsed dict, got list"):
+        prior.load_prior(tmp_path / "latest.pth", config=[parsed])
+    with pytest.raises(ConfigError, match="the prior config given as a dict: no prior.net section"):
+        prior.load_prior(tmp_path / "latest.pth", config={"prior": {}})
+
+
 def test_bad_files_and_configs(tmp_path):
     state = laion_state("depth12")
     state["noise_scheduler.betas"] = state["noise_scheduler.betas"] * 1.5

@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -125,3 +126,20 @@ def test_presets_build():
     with torch.no_grad():
         out = BigVGAN(BigVGANConfig.preset("tiny"))(torch.randn(2, 64, 5))
     assert out.shape == (2, 1, 5 * 512) and out.abs().max() <= 1
+
+
+def test_config_as_a_path_a_dict_or_ours(tmp_path, reference):
+    torch.save({"generator": nvidia_state(reference)}, tmp_path / "g.pt")
+    path = FIXTURES / "bigvgan_16k.json"
+    parsed = json.loads(path.read_text())
+    mel = torch.from_numpy(reference["mel"])
+    with torch.no_grad():
+        for config in (path, str(path), parsed, config_from_nvidia(path)):
+            model = load_bigvgan(tmp_path / "g.pt", config=config)
+            assert model.config == config_from_nvidia(path)
+            assert relative_error(model(mel), reference["wav"]) <= 1e-4
+    assert config_from_nvidia(parsed) == config_from_nvidia(path)
+    with pytest.raises(ConfigError, match="must be a path to a JSON file or its parsed dict, got int"):
+        load_bigvgan(tmp_path / "g.pt", config=512)
+    with pytest.raises(ConfigError, match="the BigVGAN config given as a dict: not a BigVGAN config"):
+        load_bigvgan(tmp_path / "g.pt", config={"num_mels": 64})
