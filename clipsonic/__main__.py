@@ -1,5 +1,5 @@
 """`python -m clipsonic` runs the command-line interface."""
 
-from clipsonic.cli import main
+from clipsonic.cli import run
 
-raise SystemExit(main())
+run()

@@ -199,6 +199,41 @@ def load_audio(path: str | os.PathLike, sr: int = 16000) -> torch.Tensor:
     return resample(wav, int(file_sr), sr)
 
 
+PEAK_CEILING_DBFS = -1.0  # where a sample that would clip is scaled to (1 dB below full scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelChange:
+    """What `playable` did to one waveform: gains in dB (0 = untouched)."""
+
+    loudness_gain_db: float = 0.0  # to reach the requested loudness
+    peak_gain_db: float = 0.0  # to keep the peak at PEAK_CEILING_DBFS; < 0 when it would have clipped
+    peak: float = 0.0  # the peak before the peak guard, linear
+
+
+def playable(wav: torch.Tensor, sample_rate: int, loudness: float | None = None) -> tuple[torch.Tensor, LevelChange]:
+    """`wav` [T] ready for a file a person plays: NaN/Inf is a ValueError; with `loudness` (LUFS,
+    ITU-R BS.1770 integrated) scaled to it; then, only when a sample would exceed full scale,
+    scaled down so the peak is at PEAK_CEILING_DBFS. The model's own level is kept otherwise.
+    A silent waveform is left silent (its loudness is -inf and cannot be normalised)."""
+    if not torch.isfinite(wav).all():
+        raise ValueError("the waveform holds NaN or Inf values")
+    loudness_gain = 0.0
+    if loudness is not None:
+        from clipsonic.loudness import integrated_loudness
+
+        measured = integrated_loudness(wav.double().cpu().numpy(), sample_rate)
+        if math.isfinite(measured):
+            loudness_gain = loudness - measured
+            wav = wav * 10 ** (loudness_gain / 20)
+    peak = float(wav.abs().max()) if wav.numel() else 0.0
+    peak_gain = 0.0
+    if peak > 1.0:
+        peak_gain = PEAK_CEILING_DBFS - 20 * math.log10(peak)
+        wav = wav * 10 ** (peak_gain / 20)
+    return wav, LevelChange(loudness_gain, peak_gain, peak)
+
+
 _SUBTYPES = {".wav": {"float32": "FLOAT", "pcm16": "PCM_16", "pcm24": "PCM_24"},
              ".flac": {"pcm16": "PCM_16", "pcm24": "PCM_24"}}
 
@@ -208,7 +243,8 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int 
     """Write `wav` ([T], or [C, T]) atomically as WAV or FLAC, chosen by the file suffix.
 
     `encoding`: ``"float32"`` (WAV default), ``"pcm16"`` (FLAC default) or ``"pcm24"``.
-    Integer encodings clip the signal to [-1, 1]. Returns the path written.
+    Integer encodings clip the signal to [-1, 1] (`playable` first keeps generated audio from
+    clipping). NaN or Inf samples are a ValueError and nothing is written. Returns the path written.
     """
     import soundfile
 
@@ -226,6 +262,8 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sr: int 
         samples = samples.T  # [C, T] -> [T, C] as soundfile expects
     elif samples.ndim != 1:
         raise ValueError(f"save_audio expects [T] or [C, T], got shape {samples.shape}")
+    if not np.isfinite(samples).all():
+        raise ValueError(f"{target}: the waveform holds NaN or Inf values (nothing written)")
     if encoding != "float32":
         samples = np.clip(samples, -1.0, 1.0)
     with atomic_path(target) as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,12 @@ COMMON_DEFAULTS = {"device": "auto", "dtype": "fp32", "seed": None, "threads": N
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line."""
+    """An ArgumentParser whose usage errors are one line, exit 2. Each command's handler finds its
+    own parser's `error` as ``args.usage_error`` for the checks argparse cannot make."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(usage_error=self.error)  # after the parents' defaults: the innermost parser wins
 
     def error(self, message: str):  # noqa: D401 - argparse's name
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -44,6 +50,18 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return _Formatter(prog, max_help_position=32)
 
 
+def _seed(text: str) -> int:
+    from clipsonic.pipeline import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0 to 2**63-1)")
+    return value
+
+
 def _common_options() -> argparse.ArgumentParser:
     """Options every command takes, before or after the command name.
 
@@ -54,9 +72,10 @@ def _common_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("common options")
     group.add_argument("--device", metavar="DEV",
                        help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA when present)")
-    group.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
-                       help="compute precision of the models (default: fp32)")
-    group.add_argument("--seed", type=int, help="random seed for a reproducible run (default: none)")
+    group.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="compute precision of the models (default: fp32; for sample: auto = bf16 on CPUs that "
+                            "compute it natively, else fp32)")
+    group.add_argument("--seed", type=_seed, help="random seed for a reproducible run, 0 to 2**63-1 (default: none)")
     group.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     group.add_argument("-v", "--verbose", action="count", help="more log output (repeatable)")
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -394,11 +413,15 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     _add_model_options(sample)
     sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
     _add_sampling_options(sample)
-    sample.add_argument("--batch", type=int, default=1, help="number of files to generate")
+    sample.add_argument("--batch", type=int, default=1, help="number of files to generate (a large batch runs in "
+                                                             "chunks, each written as it is done)")
     sample.add_argument("-o", "--output", type=Path, required=True, help="output .wav or .flac "
                                                                           "(NAME_0, NAME_1, ... with --batch)")
+    sample.add_argument("--loudness", type=float, metavar="LUFS",
+                        help="normalise each file to this integrated loudness (ITU-R BS.1770), e.g. -23 "
+                             "(default: keep the model's level; a file that would clip is scaled to peak at -1 dBFS)")
     sample.add_argument("--save-mel", action="store_true", help="also save each log-mel as .npy beside the audio")
-    sample.set_defaults(handler=_sample)
+    sample.set_defaults(handler=_sample, default_dtype="auto", quick_exit=True)
 
 
 def build_parser() -> Parser:
@@ -505,7 +528,6 @@ def _verify_copy(model, copy, output: Path, source: Path) -> None:
 
 
 def _bench_clip(args: argparse.Namespace) -> int:
-    import json
 
     from clipsonic import bench, clip
 
@@ -514,7 +536,7 @@ def _bench_clip(args: argparse.Namespace) -> int:
     else:
         model = clip.CLIP(clip.CLIPConfig.preset(args.preset)).eval()
     if any(batch < 1 for batch in args.batch) or args.repeat < 1:
-        raise ClipsonicError("--batch and --repeat must be at least 1")
+        args.usage_error("--batch and --repeat must be at least 1")
     log.info("timing CLIP (%s) on %d thread(s)", args.checkpoint or args.preset, _torch_threads())
     rows = bench.bench_clip(model, args.batch, ["fp32", *args.compare], repeat=args.repeat)
     _print_rows(rows, args.json)
@@ -525,7 +547,7 @@ def _bench_sample(args: argparse.Namespace) -> int:
     from clipsonic import bench
 
     if args.steps < 2 or args.reference_steps < 6 or args.repeat < 1 or args.seconds <= 0:
-        raise ClipsonicError("--steps must be at least 2, --reference-steps at least 6, --repeat at least 1")
+        args.usage_error("--steps must be at least 2, --reference-steps at least 6, --repeat at least 1")
     log.info("timing generation (%s UNet, %s CLIP) on %d thread(s)", args.preset, args.clip_preset, _torch_threads())
     rows = bench.bench_sample(args.preset, args.clip_preset, args.seconds, args.steps, args.reference_steps,
                               args.reference_steps if args.full_reference else 5, args.repeat)
@@ -538,7 +560,7 @@ def _bench_vocoder(args: argparse.Namespace) -> int:
     from clipsonic.ops import anti_alias_native
 
     if args.repeat < 1 or args.seconds <= 0:
-        raise ClipsonicError("--repeat must be at least 1 and --seconds positive")
+        args.usage_error("--repeat must be at least 1 and --seconds positive")
     if anti_alias_native.cpu_module() is None:
         raise ClipsonicError("the C++ anti-aliased activation cannot be built here (see the warning above)")
     _print_rows(bench.bench_vocoder(args.preset, args.seconds, args.repeat), args.json)
@@ -549,7 +571,7 @@ def _bench_preprocess(args: argparse.Namespace) -> int:
     from clipsonic import bench
 
     if args.clips < 1 or args.workers < 1 or args.repeat < 1 or args.seconds < 2.05:
-        raise ClipsonicError("--clips, --workers and --repeat must be at least 1 and --seconds at least 2.05")
+        args.usage_error("--clips, --workers and --repeat must be at least 1 and --seconds at least 2.05")
     rows = [row for preset in args.clip_preset
             for row in bench.bench_preprocess(preset, args.clips, args.seconds, args.workers, args.repeat)]
     _print_rows(rows, args.json)
@@ -561,7 +583,7 @@ def _bench_ops(args: argparse.Namespace) -> int:
     from clipsonic.fileio import write_json_atomic
 
     if args.repeat < 1 or args.frames < 1 or any(length < 1 for length in args.lengths):
-        raise ClipsonicError("--repeat, --frames and --lengths must be at least 1")
+        args.usage_error("--repeat, --frames and --lengths must be at least 1")
     device = runtime.resolve_device(args.device)
     rows = bench.bench_ops(device.type if device.index is None else str(device), args.precisions, args.lengths,
                            unet_preset=None if args.preset == "none" else args.preset, frames=args.frames,
@@ -596,7 +618,7 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     from clipsonic.synthetic import make_demo_data
 
     if args.workers < 1:
-        raise ClipsonicError("--workers must be at least 1")
+        args.usage_error("--workers must be at least 1")
     made = make_demo_data(args.out, args.clips_per_class, args.seed if args.seed is not None else 0,
                           (args.min_seconds, args.max_seconds), workers=args.workers,
                           progress=not (args.no_progress or args.quiet))
@@ -673,9 +695,9 @@ def _train(args: argparse.Namespace) -> int:
     from clipsonic.unet import MelNormalization, UNetConfig
 
     if args.crop_frames < 1:
-        raise ClipsonicError("--crop-frames must be at least 1")
+        args.usage_error("--crop-frames must be at least 1")
     if not 0 <= args.cond_drop < 1:
-        raise ClipsonicError("--cond-drop must be in [0, 1)")
+        args.usage_error("--cond-drop must be in [0, 1)")
     config, device = _loop_config(args)
     settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond)
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
@@ -701,7 +723,7 @@ def _loop_config(args: argparse.Namespace, **settings):
 
     for name in ("steps", "batch_size", "save_every", "log_every"):
         if getattr(args, name) < 1:
-            raise ClipsonicError(f"--{name.replace('_', '-')} must be at least 1")
+            args.usage_error(f"--{name.replace('_', '-')} must be at least 1")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
                          save_every=args.save_every, keep=args.keep, log_every=args.log_every,
@@ -716,9 +738,9 @@ def _train_vocoder(args: argparse.Namespace) -> int:
     from clipsonic.vocoder import BigVGANConfig
 
     if args.segment_samples < 1 or args.discriminator_width < 1 or args.validate_every < 1:
-        raise ClipsonicError("--segment-samples, --discriminator-width and --validate-every must be at least 1")
+        args.usage_error("--segment-samples, --discriminator-width and --validate-every must be at least 1")
     if not 0 < args.lr_decay <= 1:
-        raise ClipsonicError("--lr-decay must be in (0, 1]")
+        args.usage_error("--lr-decay must be in (0, 1]")
     if not args.audio.is_dir():
         raise ClipsonicError(f"{args.audio}: not a folder")
     config, device = _loop_config(args, betas=(0.8, 0.99), lr_decay=args.lr_decay, validate_every=args.validate_every)
@@ -744,12 +766,12 @@ def _train_prior(args: argparse.Namespace) -> int:
     from clipsonic.trainloop import CHECKPOINT_NAME, train
 
     if not 0 <= args.text_drop < 1:
-        raise ClipsonicError("--text-drop must be in [0, 1)")
+        args.usage_error("--text-drop must be in [0, 1)")
     config, device = _loop_config(args)
     prior_config = PriorConfig.preset(args.preset, cond_drop_prob=args.text_drop)
     if args.depth is not None:
         if args.depth < 1:
-            raise ClipsonicError("--depth must be at least 1")
+            args.usage_error("--depth must be at least 1")
         prior_config = prior_config.replace(net=prior_config.net.replace(depth=args.depth))
     if args.resume and (args.out / CHECKPOINT_NAME).is_file():
         prior_config = PriorConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME, "prior")["config"])
@@ -761,46 +783,170 @@ def _train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_settings(args: argparse.Namespace, process_steps: int | None = None,
+                    guidance: Sequence[float] | None = None) -> None:
+    """Generation settings as usage errors naming their flag (before any work, and again against
+    the loaded model's diffusion length)."""
+    from clipsonic.pipeline import SettingError, check_settings
+
+    try:
+        for weight in guidance or [args.guidance]:
+            check_settings(weight, args.sampler, args.steps, args.seconds, args.seed, args.batch, process_steps)
+    except SettingError as error:
+        flag = "--guidance-sweep" if guidance and error.parameter == "guidance" else f"--{error.parameter}"
+        args.usage_error(f"{flag} {error.value}: {error.message}")
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    """The files `sample` will write, checked before any work: suffix, not a folder, and a folder
+    that exists (or can be made) where a file can be created."""
+    output = args.output
+    if output.suffix.lower() not in (".wav", ".flac"):
+        args.usage_error(f"-o {output}: the file must end in .wav or .flac")
+    outputs = [output] if args.batch == 1 else [
+        output.with_name(f"{output.stem}_{index}{output.suffix}") for index in range(args.batch)]
+    for path in (outputs[0], outputs[-1]):
+        if path.is_dir():
+            args.usage_error(f"-o {output}: {path} is a folder")
+    existing = output.parent if str(output.parent) else Path(".")
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    else:
+        import tempfile
+
+        try:  # permissions alone do not tell (root in /proc, a read-only mount): create a file
+            handle, probe = tempfile.mkstemp(prefix=".clipsonic-probe.", dir=existing)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as error:
+            problem = f"cannot create files in {existing} ({error.strerror})"
+    if problem:
+        args.usage_error(f"-o {output}: {problem}")
+    return outputs
+
+
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from clipsonic import runtime
-    from clipsonic.audio import save_audio
-    from clipsonic.pipeline import Pipeline
+    from clipsonic.audio import playable, save_audio
+    from clipsonic.pipeline import MAX_SEED, NonFiniteOutput, Pipeline
 
     if args.text is not None and not args.text.strip():
-        raise ClipsonicError("--text is empty")
-    if args.steps < 1 or args.batch < 1 or args.seconds <= 0:
-        raise ClipsonicError("--steps and --batch must be at least 1 and --seconds positive")
-    if args.output.suffix.lower() not in (".wav", ".flac"):
-        raise ClipsonicError(f"-o {args.output}: the file must end in .wav or .flac")
+        args.usage_error("--text is empty")
+    if args.variant is not None and (args.variant == "iq") != (args.image is not None):
+        args.usage_error(f"--variant {args.variant} needs {'--image' if args.variant == 'iq' else '--text'}")
+    _check_settings(args)
+    if args.loudness is not None and not (math.isfinite(args.loudness) and -70 <= args.loudness <= 0):
+        args.usage_error(f"--loudness {args.loudness}: must be between -70 and 0 LUFS (e.g. -23, -16 or -14)")
+    if args.loudness is not None and args.seconds < 0.4:
+        args.usage_error(f"--loudness needs --seconds of at least 0.4 (BS.1770 measures 400-ms blocks), "
+                         f"not {args.seconds:g}")
+    outputs = _output_paths(args)
     image = None
     if args.image is not None:
         from clipsonic.media import read_image
 
         image = read_image(args.image)
-    device, dtype = runtime.resolve_device(args.device), runtime.resolve_dtype(args.dtype)
+    device = runtime.resolve_device(args.device)
+    dtype, why = _generation_dtype(args, device)
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
                              device=device, dtype=dtype)
+    _check_settings(args, pipeline.spectrogram.diffusion_steps)
+    if why:
+        log.info("%s", why)
     variant = args.variant or pipeline.default_variant(image)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    query = pipeline.query(text=args.text, image=image, variant=variant, seed=seed)
-    mel = pipeline.generate_mel(query, args.guidance, args.sampler, args.steps, args.seconds, seed, args.batch,
-                                progress=not args.quiet)
-    wavs = pipeline.vocode(mel, args.seconds, seed=seed)
-    outputs = [args.output] if args.batch == 1 else [
-        args.output.with_name(f"{args.output.stem}_{index}{args.output.suffix}") for index in range(args.batch)]
-    for path, wav, spectrogram in zip(outputs, wavs, mel):
-        save_audio(path, wav, pipeline.spectrogram.mel_config.sample_rate)
-        if args.save_mel:
-            from clipsonic.fileio import atomic_path
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (MAX_SEED + 1))
+    chunk = pipeline.chunk_size(args.seconds)
+    chunks = -(-args.batch // chunk)
+    if chunks > 1:
+        log.info("--batch %d: generating %d chunks of up to %d samples, each written when done", args.batch, chunks,
+                 chunk)
+    bar = None if args.quiet else _LazyBar(total=args.steps * chunks, unit="step", desc=args.sampler)
+    sample_rate = pipeline.spectrogram.mel_config.sample_rate
+    written, scaled = [], []
+    try:
+        for part in pipeline.generate_chunks(text=args.text, image=image, variant=variant, guidance=args.guidance,
+                                             sampler=args.sampler, steps=args.steps, seconds=args.seconds, seed=seed,
+                                             batch=args.batch, progress=bar.update if bar else None):
+            for offset, (wav, spectrogram) in enumerate(zip(part.wav, part.mel)):
+                path = outputs[part.start + offset]
+                wav, change = playable(wav, sample_rate, args.loudness)
+                if change.peak_gain_db < 0:
+                    scaled.append((path.name, change))
+                save_audio(path, wav, sample_rate)
+                written.append(path)
+                if args.save_mel:
+                    from clipsonic.fileio import atomic_path
 
-            with atomic_path(path.with_suffix(".npy")) as tmp:
-                np.save(tmp, spectrogram.cpu().numpy())
-        print(path)
-    log.info("variant %s, seed %d, %s x %d steps, guidance %g", variant, seed, args.sampler, args.steps, args.guidance)
+                    with atomic_path(path.with_suffix(".npy")) as tmp:
+                        np.save(tmp, spectrogram.cpu().numpy())
+                    written.append(path.with_suffix(".npy"))
+    except NonFiniteOutput:
+        for path in written:  # no file of a batch that went wrong is kept
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    for path in written:
+        if path.suffix != ".npy":
+            print(path)
+    if scaled:
+        _report_scaled(scaled, len(outputs))
+    log.info("variant %s, seed %d, %s x %d steps, guidance %g, %s", variant, seed, args.sampler, args.steps,
+             args.guidance, str(dtype).removeprefix("torch."))
     return 0
+
+
+class _LazyBar:
+    """A tqdm bar that appears at the first step, so that messages and errors from what comes
+    before (loading, the text encoder, the prior) are not printed under an empty bar."""
+
+    def __init__(self, **settings) -> None:
+        self.settings, self.bar = settings, None
+
+    def update(self, steps: int = 1) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(dynamic_ncols=True, **self.settings)
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report_scaled(scaled: list, total: int) -> None:
+    """One line for the files the peak guard scaled down."""
+    from clipsonic.audio import PEAK_CEILING_DBFS
+
+    worst = max(change.peak for _, change in scaled)
+    if total == 1:
+        subject, gains = f"{scaled[0][0]} would clip", f"{scaled[0][1].peak_gain_db:+.1f} dB"
+    else:
+        more = f" and {len(scaled) - 4} more" if len(scaled) > 4 else ""
+        subject = f"{len(scaled)} of {total} files would clip"
+        gains = ", ".join(f"{name} {change.peak_gain_db:+.1f} dB" for name, change in scaled[:4]) + more
+    log.info("%s (peak %.2f = %+.1f dBFS): scaled to peak at %g dBFS (%s); --loudness LUFS normalises instead",
+             subject, worst, 20 * math.log10(worst), PEAK_CEILING_DBFS, gains)
+
+
+def _generation_dtype(args: argparse.Namespace, device):
+    """(torch dtype, the line to log) for a generating command: with ``auto``, the line says what
+    was picked and why; with an explicit --dtype there is nothing to say."""
+    from clipsonic import runtime
+
+    if args.dtype != runtime.AUTO:
+        return runtime.resolve_dtype(args.dtype), None
+    name, why = runtime.auto_dtype(device)
+    hint = "; --dtype fp32 for full precision" if name != "fp32" else ""
+    return runtime.resolve_dtype(name), f"precision {name} ({why}{hint})"
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -810,7 +956,10 @@ def _eval(args: argparse.Namespace) -> int:
     from clipsonic.pipeline import Pipeline
     from clipsonic.vggish import load_vggish
 
-    weights = [args.guidance] if args.guidance_sweep is None else _floats(args.guidance_sweep, "--guidance-sweep")
+    weights = [args.guidance] if args.guidance_sweep is None else _floats(args, args.guidance_sweep, "--guidance-sweep")
+    _check_settings(args, guidance=weights)
+    if args.samples < 1:
+        args.usage_error(f"--samples {args.samples}: must be at least 1")
     config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
                         seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
     dataset = Dataset(args.dataset, split="test")
@@ -819,6 +968,7 @@ def _eval(args: argparse.Namespace) -> int:
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
                              device=device, dtype=dtype)
+    _check_settings(args, pipeline.spectrogram.diffusion_steps, weights)
     tta = None
     if args.tta_checkpoint is not None:
         from clipsonic.unet import load_unet
@@ -831,11 +981,11 @@ def _eval(args: argparse.Namespace) -> int:
     variants = available if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
     for variant in variants:
         if variant not in MODELS or variant == "reconstruction":
-            raise ClipsonicError(f"--variants: unknown variant {variant!r} (choose from iq, zs, pd, sd, tta)")
+            args.usage_error(f"--variants: unknown variant {variant!r} (choose from iq, zs, pd, sd, tta)")
         if variant not in available:
             needs = {"pd": "LAION's prior (--prior)", "sd": "a prior from train-prior (--prior)",
                      "tta": "--tta-checkpoint"}
-            raise ClipsonicError(f"--variants: {variant} needs {needs[variant]}")
+            args.usage_error(f"--variants: {variant} needs {needs[variant]}")
     bar = None
     if not (args.no_progress or args.quiet):
         from tqdm import tqdm
@@ -856,13 +1006,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str, option: str) -> list[float]:
+def _floats(args: argparse.Namespace, text: str, option: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ClipsonicError(f"{option} {text}: expected comma-separated numbers, e.g. 1,1.5,2,3") from None
+        args.usage_error(f"{option} {text}: expected comma-separated numbers, e.g. 1,1.5,2,3")
     if not values:
-        raise ClipsonicError(f"{option}: no values given")
+        args.usage_error(f"{option}: no values given")
     return values
 
 
@@ -897,14 +1047,37 @@ def _apply_runtime(args: argparse.Namespace) -> None:
     from clipsonic import runtime
 
     if not runtime.DEVICE_PATTERN.match(args.device):
-        raise ClipsonicError(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
+        args.usage_error(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
     if args.threads is not None:
+        if args.threads < 1:
+            args.usage_error(f"--threads {args.threads}: must be at least 1")
         runtime.set_threads(args.threads)
     if args.seed is not None:
         runtime.seed_everything(args.seed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run() -> None:
+    """The console script and `python -m clipsonic`: `main`, then exit.
+
+    After a command marked `quick_exit` (sample: its whole budget is a few seconds) returns,
+    the process ends with os._exit once output is flushed: interpreter shutdown with torch
+    loaded takes about 0.5 s on a 2-core CPU (tearing down torch's modules), and there is nothing
+    left to do by then: files are written atomically and closed, and no child process is alive.
+    """
+    args_seen: dict = {}
+    code = main(parsed=args_seen)
+    if args_seen.get("quick_exit"):
+        import multiprocessing
+
+        if not multiprocessing.active_children():
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None, parsed: dict | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     position = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
@@ -913,10 +1086,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name, value in COMMON_DEFAULTS.items():
         if not hasattr(args, name):
-            setattr(args, name, value)
+            setattr(args, name, getattr(args, f"default_{name}", value))
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    if parsed is not None:
+        parsed.update(vars(args))
     _configure_logging(args)
     try:
         _apply_runtime(args)

@@ -79,6 +79,32 @@ class DemoRecipe(Config):
 
 CAPTION_TEMPLATES = ("a photo of {label}", "a picture of {label}", "{label}", "a video frame of {label}")
 
+# The demo CLIP learned the class words and the caption templates only; any other word lands
+# anywhere in its text space. Measured on the shipped bundle: the texts of its classes in other
+# words ("heavy rain", "a church bell", "a ticking clock", "the sound of rain") come within a
+# cosine of 0.92-1.0 of their class caption; texts of other sounds ("a photo of a dog barking",
+# "applause", "a photo of the ocean", "piano music") reach at most 0.82.
+PROMPT_SIMILARITY_FLOOR = 0.9
+
+
+def unfamiliar_prompt(clip, text: str) -> str | None:
+    """A one-line warning when `text` is far (cosine < PROMPT_SIMILARITY_FLOOR) from the demo CLIP's
+    embedding of every class caption, naming the classes and the nearest one; None otherwise."""
+    from clipsonic.synthetic import CLASSES
+    from clipsonic.tokenizer import tokenize
+
+    captions = [CAPTION_TEMPLATES[0].format(label=label) for label in CLASSES]
+    tokens = tokenize([text, *captions], clip.config.context_length).to(next(clip.parameters()).device)
+    with torch.inference_mode():
+        embeddings = torch.nn.functional.normalize(clip.encode_text(tokens).float(), dim=-1)
+    similarity = embeddings[1:] @ embeddings[0]  # [classes]
+    nearest = int(similarity.argmax())
+    if similarity[nearest] >= PROMPT_SIMILARITY_FLOOR:
+        return None
+    return (f"the demo bundle knows only {len(CLASSES)} sounds ({', '.join(CLASSES)}); {text!r} is far from all of "
+            f"them (nearest: {CLASSES[nearest]}, cosine {float(similarity[nearest]):.2f}), so expect noise or "
+            f"{CLASSES[nearest]}: train on your own videos for other sounds")
+
 
 def picture_pool(specs, size: int, frames_per_clip: int = 6) -> tuple[np.ndarray, list[str]]:
     """CLIP-sized training pictures from the training clips' picture tracks, with their labels."""

@@ -31,6 +31,7 @@ from clipsonic.config import Config
 from clipsonic.data import ClipRecord, Dataset
 from clipsonic.errors import ClipsonicError
 from clipsonic.fileio import atomic_path, write_json_atomic, write_text_atomic
+from clipsonic.pipeline import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ class Evaluator:
             chunk = condition[start:start + config.batch]
             mel = pipeline.generate_mel(chunk.to(pipeline.device), guidance, config.sampler, config.steps,
                                         config.seconds, config.seed + start, batch=len(chunk))
+            check_finite(mel, f"{variant} spectrogram")
             wavs = pipeline.vocode(mel, config.seconds, seed=config.seed + start)
+            check_finite(wavs, f"{variant} waveform")
             if save_to is not None:
                 self._save(save_to, start, wavs)
             rows.append(self.embed_audio(list(wavs)))
@@ -248,13 +251,22 @@ class Evaluator:
         return digest.hexdigest()
 
     def _save(self, folder: Path, start: int, wavs: torch.Tensor) -> None:
-        from clipsonic.audio import save_audio
+        """Write the samples as files a person can play (`playable`: a sample that would clip is
+        scaled to peak at -1 dBFS); FAD is computed on the unscaled samples."""
+        from clipsonic.audio import PEAK_CEILING_DBFS, playable, save_audio
 
         folder.mkdir(parents=True, exist_ok=True)
+        sample_rate = self.pipeline.spectrogram.mel_config.sample_rate
+        scaled = 0
         for offset, wav in enumerate(wavs):
             query = self.queries[start + offset]
             name = f"{start + offset:04d}_{(query.label or 'unlabelled').replace(' ', '_').replace('/', '_')}.wav"
-            save_audio(folder / name, wav, self.pipeline.spectrogram.mel_config.sample_rate)
+            wav, change = playable(wav, sample_rate)
+            scaled += change.peak_gain_db < 0
+            save_audio(folder / name, wav, sample_rate)
+        if scaled:
+            log.info("%s: %d of %d saved samples would clip and were scaled to peak at %g dBFS (FAD is measured "
+                     "on the unscaled samples)", folder, scaled, len(wavs), PEAK_CEILING_DBFS)
 
 
 def distinct_records(queries: Sequence[Query]) -> list[ClipRecord]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,59 @@ log = logging.getLogger(__name__)
 VARIANTS = ("iq", "zs", "pd", "sd")
 PRIOR_ORIGIN = {"pd": "laion", "sd": "trained"}
 
+MAX_SECONDS = 60.0  # one sample's longest length: the UNet's attention grows with the square of it
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; NumPy's are folded to 32 bits
+# Spectrogram frames generated in one UNet batch (16 samples of 4 s): a larger `batch` runs in
+# chunks of this many frames, so memory does not grow with the number of samples asked for.
+CHUNK_FRAMES = 2048
+
+
+class SettingError(ClipsonicError):
+    """A generation setting outside its range; `parameter` names it (the CLI names the flag)."""
+
+    def __init__(self, parameter: str, value, message: str) -> None:
+        super().__init__(f"{parameter} = {value!r}: {message}")
+        self.parameter, self.value, self.message = parameter, value, message
+
+
+def check_settings(guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
+                   seed: int | None = None, batch: int = 1, process_steps: int | None = None) -> None:
+    """Raise SettingError for the first generation setting outside its range; `process_steps` is
+    the model's diffusion length (the most steps any sampler can take), when known."""
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise SettingError("guidance", guidance, "must be a finite number (the paper uses 1.5; 1 = no guidance)")
+    if sampler not in {kind.value for kind in Sampler}:
+        raise SettingError("sampler", sampler, f"choose from {', '.join(kind.value for kind in Sampler)}")
+    if not isinstance(steps, int) or steps < 1 or (process_steps is not None and steps > process_steps):
+        bound = f"between 1 and {process_steps}, the model's diffusion length" if process_steps else "at least 1"
+        raise SettingError("steps", steps, f"must be {bound}")
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        raise SettingError("seconds", seconds, f"must be more than 0 and at most {MAX_SECONDS:g}")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise SettingError("seed", seed, f"must be an integer from 0 to {MAX_SEED} (2**63 - 1)")
+    if not isinstance(batch, int) or batch < 1:
+        raise SettingError("batch", batch, "must be at least 1")
+
+
+class NonFiniteOutput(ClipsonicError):
+    """The model produced NaN or Inf: nothing is written."""
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise NonFiniteOutput(f"the generated {what} has {bad} NaN/Inf value(s) of {values.numel()} "
+                              "(nothing written; try --dtype fp32 or another seed)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    """One chunk of a batch: samples `start` .. `start + len(wav) - 1`."""
+
+    start: int
+    mel: torch.Tensor  # [n, n_mels, frames] log-mel
+    wav: torch.Tensor  # [n, samples] at the model's sample rate
+
 
 @dataclasses.dataclass
 class Pipeline:
@@ -35,6 +90,7 @@ class Pipeline:
     prior_candidates: int = 2
     vocoder: torch.nn.Module | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    demo: bool = False  # the shipped demo bundle: it knows a few classes only
 
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
@@ -48,7 +104,8 @@ class Pipeline:
         from clipsonic.prior import load_prior
         from clipsonic.unet import load_unet
 
-        if bundle is None and clip is None and checkpoint is None:
+        demo = bundle is None and clip is None and checkpoint is None
+        if demo:
             from clipsonic.demo import bundle_folder
 
             bundle = bundle_folder()
@@ -93,7 +150,7 @@ class Pipeline:
                                      f"{theirs.hop_size}; {checkpoint} makes {ours.n_mels} at {ours.sample_rate} Hz, "
                                      f"hop {ours.hop_size}")
         return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, vocoder=vocoder_model,
-                   device=torch.device(device))
+                   device=torch.device(device), demo=demo)
 
     @torch.inference_mode()
     def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",
@@ -137,29 +194,37 @@ class Pipeline:
     @torch.inference_mode()
     def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
                      seconds: float = 4.0, seed: int | None = None, batch: int = 1,
-                     progress: bool = False) -> torch.Tensor:
+                     progress: bool | Callable[[int], None] = False) -> torch.Tensor:
         """Log-mel spectrograms [batch, n_mels, frames] for one query embedding [1, D], or one per
-        spectrogram [batch, D]."""
+        spectrogram [batch, D]. `progress`: True for a tqdm bar, or a callable told each step."""
         if query.shape[0] not in (1, batch):
             raise ValueError(f"{query.shape[0]} queries for a batch of {batch}")
         model = self.spectrogram
         config = model.mel_config
-        multiple = model.unet.config.downsampling
-        frames = max(multiple, -(-round(seconds * config.sample_rate / config.hop_size) // multiple) * multiple)
+        frames = self.frames(seconds)
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         noise = torch.randn(batch, 1, config.n_mels, frames, generator=generator).to(self.device)
         eps_fn = classifier_free_guidance(model.unet, query.expand(batch, -1).float().to(self.device), guidance)
         process = GaussianDiffusion.cosine(model.diffusion_steps)
         bar = None
-        if progress:
+        if progress is True:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, unit="step", desc=Sampler(sampler).value, dynamic_ncols=True)
         x = process.sample(eps_fn, noise, sampler=sampler, steps=steps, generator=generator,
-                           progress=bar.update if bar else None)
+                           progress=bar.update if bar else progress or None)
         if bar:
             bar.close()
         return model.mel_norm.from_unit(x[:, 0].float())
+
+    def frames(self, seconds: float) -> int:
+        """Spectrogram frames generated for `seconds` of audio (whole UNet blocks)."""
+        config, multiple = self.spectrogram.mel_config, self.spectrogram.unet.config.downsampling
+        return max(multiple, -(-round(seconds * config.sample_rate / config.hop_size) // multiple) * multiple)
+
+    def chunk_size(self, seconds: float) -> int:
+        """Samples generated in one UNet batch for `seconds`-long audio (see CHUNK_FRAMES)."""
+        return max(1, CHUNK_FRAMES // self.frames(seconds))
 
     def vocode(self, log_mel: torch.Tensor, seconds: float | None = None, seed: int = 0) -> torch.Tensor:
         """Waveforms [batch, samples] from log-mels [batch, n_mels, frames]: frames * hop samples, or
@@ -179,13 +244,51 @@ class Pipeline:
             return "sd" if self.prior.origin == "trained" else "pd"
         return "zs"
 
+    def unfamiliar_prompt(self, text: str) -> str | None:
+        """With the demo bundle, a warning for a text far from every class it learned, else None."""
+        if not self.demo:
+            return None
+        from clipsonic.demo import unfamiliar_prompt
+
+        return unfamiliar_prompt(self.clip, text)
+
+    def generate_chunks(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
+                        guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
+                        seed: int | None = None, batch: int = 1,
+                        progress: Callable[[int], None] | None = None) -> Iterator[Generated]:
+        """`generate`, a chunk of at most `chunk_size(seconds)` samples at a time, so that a large
+        batch can be written as it comes. NaN/Inf in a mel or waveform raises NonFiniteOutput.
+
+        The first chunk uses `seed` itself (a batch that fits one chunk is the same as before
+        chunking existed); chunk k > 0 a seed derived from (seed, k)."""
+        variant = variant or self.default_variant(image)
+        check_settings(guidance, sampler, steps, seconds, seed, batch, self.spectrogram.diffusion_steps)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] % (MAX_SEED + 1))
+        if text is not None:
+            warning = self.unfamiliar_prompt(text)
+            if warning:
+                log.warning("%s", warning)
+        query = self.query(text=text, image=image, variant=variant, seed=seed)
+        size = self.chunk_size(seconds)
+        for index, start in enumerate(range(0, batch, size)):
+            chunk_seed = seed if index == 0 else \
+                int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] % (MAX_SEED + 1))
+            mel = self.generate_mel(query, guidance, sampler, steps, seconds, chunk_seed, min(size, batch - start),
+                                    progress=progress or False)
+            check_finite(mel, "spectrogram")
+            wav = self.vocode(mel, seconds, seed=chunk_seed)
+            check_finite(wav, "waveform")
+            yield Generated(start, mel, wav)
+
     def generate(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
                  guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
                  seed: int | None = None, batch: int = 1) -> torch.Tensor:
-        """Waveforms [batch, samples] at the model's sample rate (16 kHz), `seconds` long.
+        """Waveforms [batch, samples] at the model's sample rate (16 kHz), `seconds` long, at the
+        model's own level (not normalised; `clipsonic.audio.playable` prepares them for a file).
 
         `variant` None picks ``iq`` for an image and the best text variant available otherwise.
+        Settings outside their range raise SettingError naming the parameter.
         """
-        query = self.query(text=text, image=image, variant=variant or self.default_variant(image), seed=seed)
-        mel = self.generate_mel(query, guidance, sampler, steps, seconds, seed, batch)
-        return self.vocode(mel, seconds, seed=seed or 0)
+        chunks = self.generate_chunks(text, image, variant, guidance, sampler, steps, seconds, seed, batch)
+        return torch.cat([chunk.wav for chunk in chunks])

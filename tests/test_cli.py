@@ -83,8 +83,9 @@ def test_verify_cli_exit_codes(tmp_path):
     (["weights", "lst"], 2, "invalid choice: 'lst'"),
     (["--dtype", "fp64", "weights", "list"], 2, "invalid choice: 'fp64'"),
     (["weights", "verify", "nonesuch"], 1, "unknown weight name(s) nonesuch"),
-    (["--device", "tpu", "weights", "list"], 1, "--device tpu: expected auto, cpu, cuda, cuda:N or mps"),
-    (["weights", "list", "--threads", "0"], 1, "--threads 0: must be at least 1"),
+    (["--device", "tpu", "weights", "list"], 2, "--device tpu: expected auto, cpu, cuda, cuda:N or mps"),
+    (["weights", "list", "--threads", "0"], 2, "--threads 0: must be at least 1"),
+    (["--seed", "x", "weights", "list"], 2, "argument --seed: 'x' is not an integer"),
 ])
 def test_user_errors_are_one_line_without_traceback(args, code, fragment):
     done = run_cli(*args)

@@ -70,15 +70,143 @@ def test_image_query(models, tmp_path):
     assert "variant iq" in done.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--text", "   "], "clipsonic: error: --text is empty"),
-    (["--image", "missing.png"], "missing.png: no such file"),
-    (["--text", "rain", "--variant", "iq"], "variant iq needs an image"),
+@pytest.mark.parametrize("args,code,message", [
+    (["--text", "   "], 2, "clipsonic sample: error: --text is empty"),
+    (["--image", "missing.png"], 1, "missing.png: no such file"),
+    (["--text", "rain", "--variant", "iq"], 2, "--variant iq needs --image"),
 ])
-def test_bad_queries_are_one_line_errors(models, tmp_path, args, message):
+def test_bad_queries_are_one_line_errors(models, tmp_path, args, code, message):
     done = sample(models, *args, "-o", str(tmp_path / "x.wav"))
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == code and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0] and errors[0] == done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--guidance", "nan"], "--guidance nan: must be a finite number"),
+    (["--guidance", "inf"], "--guidance inf: must be a finite number"),
+    (["--seconds", "1e9"], "--seconds 1000000000.0: must be more than 0 and at most 60"),
+    (["--seconds", "nan"], "--seconds nan: must be more than 0 and at most 60"),
+    (["--seconds", "-1"], "--seconds -1.0: must be more than 0"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--steps", "101"], "--steps 101: must be between 1 and 100, the model's diffusion length"),
+    (["--batch", "0"], "--batch 0: must be at least 1"),
+    (["--seed", "9223372036854775808"], "argument --seed: 9223372036854775808 is out of range (0 to 2**63-1)"),
+    (["--seed", "-3"], "argument --seed: -3 is out of range"),
+    (["--loudness", "3"], "--loudness 3.0: must be between -70 and 0 LUFS"),
+    (["--loudness", "nan"], "--loudness nan: must be between -70 and 0 LUFS"),
+    (["-o", "/proc/x.wav"], "-o /proc/x.wav: cannot create files in /proc"),
+    (["-o", "{tmp}/out.mp3"], "the file must end in .wav or .flac"),
+    (["-o", "{tmp}/folder.wav"], "folder.wav is a folder"),
+    (["-o", "{tmp}/file.txt/x.wav"], "file.txt is not a folder"),
+    (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_bad_settings_are_usage_errors_before_any_work(models, tmp_path, args, message):
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "x.wav")]
+    done = sample(models, "--text", "rain", *args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder.wav"]  # nothing written
+
+
+def test_output_folders_are_made(models, tmp_path):
+    done = sample(models, "--text", "rain", "--seed", "1", "-o", str(tmp_path / "new" / "deeper" / "x.flac"))
+    assert done.returncode == 0, done.stderr
+    assert soundfile.info(tmp_path / "new" / "deeper" / "x.flac").samplerate == 16000
+
+
+def test_non_finite_output_is_an_error_that_writes_nothing(models, tmp_path):
+    checkpoint = torch.load(models / "unet.pt", weights_only=True)
+    name = next(key for key in checkpoint["state_dict"] if key.endswith("weight"))
+    checkpoint["state_dict"][name].fill_(float("nan"))
+    torch.save(checkpoint, tmp_path / "nan.pt")
+    done = subprocess.run([sys.executable, "-m", "clipsonic", "sample", "--clip", str(models / "clip.pt"),
+                           "--checkpoint", str(tmp_path / "nan.pt"), "--steps", "2", "--seconds", "1", "--text", "rain",
+                           "--batch", "2", "--save-mel", "-o", str(tmp_path / "out" / "x.wav")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "NaN/Inf" in done.stderr and "nothing written" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_files_never_exceed_full_scale_and_loudness_on_request(models, tmp_path):
+    from clipsonic.loudness import integrated_loudness
+
+    done = sample(models, "--text", "rain", "--seed", "4", "--batch", "3", "-o", str(tmp_path / "raw.wav"), "-v")
+    assert done.returncode == 0, done.stderr
+    raw = [soundfile.read(tmp_path / f"raw_{i}.wav")[0] for i in range(3)]
+    assert all(np.abs(wav).max() <= 1.0 for wav in raw)
+    loud = sample(models, "--text", "rain", "--seed", "4", "--batch", "3", "--loudness", "-30",
+                  "-o", str(tmp_path / "loud.wav"))
+    assert loud.returncode == 0, loud.stderr
+    for index, wav in enumerate(raw):
+        normalised = soundfile.read(tmp_path / f"loud_{index}.wav")[0]
+        assert np.abs(normalised).max() <= 1.0
+        if np.abs(normalised).max() < 0.89:  # not touched by the peak guard after normalising
+            assert abs(integrated_loudness(normalised, 16000) - (-30)) < 0.05
+        # the same sound, only its level changed
+        assert abs(np.corrcoef(normalised, wav)[0, 1]) > 0.9999
+
+
+def test_playable_keeps_the_level_unless_it_would_clip():
+    from clipsonic.audio import PEAK_CEILING_DBFS, playable
+
+    rng = torch.Generator().manual_seed(0)
+    quiet = 0.3 * torch.randn(16000, generator=rng).clamp(-3, 3) / 3
+    same, change = playable(quiet, 16000)
+    assert torch.equal(same, quiet) and change.peak_gain_db == 0 and change.loudness_gain_db == 0
+    loud = quiet * 40
+    fitted, change = playable(loud, 16000)
+    assert abs(20 * np.log10(fitted.abs().max().item()) - PEAK_CEILING_DBFS) < 1e-4
+    assert change.peak_gain_db < -20 and change.peak == pytest.approx(loud.abs().max().item())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        playable(torch.tensor([0.0, float("nan")]), 16000)
+    silent, change = playable(torch.zeros(16000), 16000, loudness=-23)
+    assert torch.equal(silent, torch.zeros(16000)) and change.loudness_gain_db == 0
+
+
+def test_save_audio_refuses_non_finite_samples(tmp_path):
+    from clipsonic.audio import save_audio
+
+    with pytest.raises(ValueError, match="NaN or Inf values"):
+        save_audio(tmp_path / "bad.wav", torch.tensor([0.0, float("inf")]))
+    assert not any(tmp_path.iterdir())
+
+
+def test_large_batches_run_in_chunks(models, monkeypatch, tmp_path):
+    import clipsonic
+    from clipsonic import pipeline as pipeline_module
+
+    model = clipsonic.Pipeline.load(models)
+    whole = model.generate(text="rain", steps=2, seconds=0.5, seed=5, batch=3)
+    monkeypatch.setattr(pipeline_module, "CHUNK_FRAMES", 32)  # 0.5 s = 16 frames: chunks of 2
+    assert model.chunk_size(0.5) == 2
+    chunks = list(model.generate_chunks(text="rain", steps=2, seconds=0.5, seed=5, batch=5))
+    assert [(c.start, len(c.wav)) for c in chunks] == [(0, 2), (2, 2), (4, 1)]
+    # the first chunk is what the same seed gives unchunked; later chunks draw other noise
+    torch.testing.assert_close(chunks[0].wav, model.generate(text="rain", steps=2, seconds=0.5, seed=5, batch=2))
+    assert not torch.equal(chunks[1].wav, whole[:2])
+    done = sample(models, "--text", "rain", "--seconds", "8", "--steps", "1", "--batch", "9",
+                  "-o", str(tmp_path / "many.wav"))
+    assert done.returncode == 0, done.stderr
+    assert "--batch 9: generating 2 chunks of up to 8 samples" in done.stderr
+    assert len(list(tmp_path.glob("many_*.wav"))) == 9
+
+
+def test_pipeline_settings_errors_name_the_parameter(models):
+    import clipsonic
+    from clipsonic.pipeline import SettingError
+
+    model = clipsonic.Pipeline.load(models)
+    for settings, parameter in [({"guidance": float("nan")}, "guidance"), ({"seconds": 1e9}, "seconds"),
+                                ({"steps": 10**5}, "steps"), ({"seed": -1}, "seed"), ({"sampler": "euler"}, "sampler")]:
+        with pytest.raises(SettingError, match=f"^{parameter} = ") as caught:
+            model.generate(text="rain", **settings)
+        assert caught.value.parameter == parameter and "--" not in str(caught.value)
 
 
 def test_unreadable_image(models, tmp_path):
