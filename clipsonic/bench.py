@@ -33,10 +33,13 @@ class Timing:
         return dataclasses.asdict(self)
 
 
-def time_call(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> tuple[float, float, object]:
-    """Median and best wall-clock seconds of `fn()` over `repeat` runs after `warmup` runs, and its last output."""
+def time_call(fn: Callable[[], object], repeat: int = 3, warmup: int = 1,
+              inference: bool = True) -> tuple[float, float, object]:
+    """Median and best wall-clock seconds of `fn()` over `repeat` runs after `warmup` runs, and its last output.
+
+    `inference` runs `fn` under `torch.inference_mode` (pass False to time training steps)."""
     output = None
-    with torch.inference_mode():
+    with torch.inference_mode() if inference else contextlib.nullcontext():
         for _ in range(warmup):
             output = fn()
         samples = []
@@ -74,6 +77,15 @@ def bench_clip(model_fp32, batches: Sequence[int], dtypes: Sequence[str], repeat
     return rows
 
 
+def random_weights_(module: torch.nn.Module) -> torch.nn.Module:
+    """Add a little noise to every parameter, in place: no zero-initialised layer (a UNet's output
+    convolutions) is left, since zeros can time faster than real arithmetic."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(1e-3 * torch.randn_like(parameter))
+    return module
+
+
 def markdown_table(rows: Sequence[Timing]) -> str:
     lines = ["| benchmark | batch | dtype | median s | best s | speed-up vs reference | min cosine vs fp32 |",
              "|---|---|---|---|---|---|---|"]
@@ -109,8 +121,7 @@ def bench_sample(unet_preset: str = "paper", clip_preset: str = "paper", seconds
     clip32 = CLIP(CLIPConfig.preset(clip_preset)).eval()
     clip16 = set_precision(copy.deepcopy(clip32), torch.bfloat16)
     unet32 = UNet(UNetConfig.preset(unet_preset, cond_dim=clip32.config.embed_dim)).eval()
-    for parameter in unet32.parameters():  # no zero-initialised layers: time realistic arithmetic
-        parameter.data.add_(1e-3 * torch.randn_like(parameter))
+    random_weights_(unet32)
     unet16 = set_precision(copy.deepcopy(unet32), torch.bfloat16).to(memory_format=torch.channels_last)
     multiple = unet32.config.downsampling
     frames = -(-round(seconds * 16000 / 512) // multiple) * multiple
@@ -148,50 +159,74 @@ def bench_sample(unet_preset: str = "paper", clip_preset: str = "paper", seconds
 
 
 def bench_vocoder(presets: Sequence[str] = ("paper", "paper-large"), seconds: float = 4.0, repeat: int = 3,
-                  seed: int = 0) -> list[Timing]:
-    """The anti-aliased activation (compiled against the reference) on typical BigVGAN shapes, then
+                  seed: int = 0, device: str = "cpu",
+                  activation_shapes: Sequence[tuple[int, int, int]] | None = None) -> list[Timing]:
+    """The anti-aliased activation (compiled against the reference, `bench_anti_alias`) on typical
+    BigVGAN shapes (`activation_shapes`, default three of `seconds` of audio; () skips them), then
     whole BigVGANs (random weights) on `seconds` of audio: the reference activations in float32
-    (what NVIDIA's torch path computes) against ours in float32 and bfloat16."""
+    (what NVIDIA's torch path computes) against ours in float32 and bfloat16, on `device`."""
     import copy
 
-    from clipsonic import ops
     from clipsonic.nn import set_precision
-    from clipsonic.ops.anti_alias_reference import kaiser_sinc_filter
     from clipsonic.vocoder import BigVGAN, BigVGANConfig
 
+    target = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
-    taps = kaiser_sinc_filter(0.25, 0.3, 12)
-    rows = []
     samples = int(seconds * 16000)
-    for channels, length in ((256, samples // 64), (64, samples // 4), (32, samples)):
-        x = torch.randn(1, channels, length, generator=generator)
-        alpha, beta = torch.rand(channels, generator=generator) + 0.5, torch.rand(channels, generator=generator) + 0.5
-        name = f"anti_alias_activation [1, {channels}, {length}]"
-        ref, ref_best, ref_out = time_call(lambda: ops.anti_alias_activation(x, taps, taps, alpha, beta,
-                                                                            impl="reference"), repeat)
-        rows.append(Timing(f"{name} (reference)", 1, "fp32", ref, ref_best, 1.0, 1.0))
-        for dtype in (torch.float32, torch.bfloat16):
-            xd = x.to(dtype)
-            ours, best, out = time_call(lambda: ops.anti_alias_activation(xd, taps, taps, alpha, beta, impl="cpp"),
-                                        repeat)
-            agreement = torch.nn.functional.cosine_similarity(out.double().flatten(), ref_out.double().flatten(), dim=0).item()
-            rows.append(Timing(f"{name} (C++)", 1, "fp32" if dtype == torch.float32 else "bf16", ours, best,
-                               ref / ours, agreement))
+    if activation_shapes is None:
+        activation_shapes = ((1, 256, samples // 64), (1, 64, samples // 4), (1, 32, samples))
+    rows: list[Timing] = list(bench_anti_alias(device, activation_shapes, repeat=repeat, generator=generator))
     frames = round(seconds * 16000 / 512)
     for preset in presets:
         torch.manual_seed(seed)
-        reference = BigVGAN(BigVGANConfig.preset(preset)).eval().use_activation_impl("reference")
-        mel = torch.randn(1, reference.config.num_mels, frames, generator=generator) - 5
+        reference = BigVGAN(BigVGANConfig.preset(preset)).eval().use_activation_impl("reference").to(target)
+        mel = (torch.randn(1, reference.config.num_mels, frames, generator=generator) - 5).to(target)
         fast = copy.deepcopy(reference).use_activation_impl(None)
         fast16 = set_precision(copy.deepcopy(fast), torch.bfloat16)
         name = f"BigVGAN {preset} ({reference.config.upsample_initial_channel} ch), {seconds:g} s"
-        ref, ref_best, ref_out = time_call(lambda: reference(mel), repeat)
+        ref, ref_best, ref_out = time_device(lambda: reference(mel), target, repeat, warmup=1)
         rows.append(Timing(f"{name} (reference activations)", 1, "fp32", ref, ref_best, 1.0, 1.0))
         for label, model in (("fp32", fast), ("bf16", fast16)):
-            ours, best, out = time_call(lambda: model(mel), repeat)
+            ours, best, out = time_device(lambda: model(mel), target, repeat, warmup=1)
             error = ((out.float() - ref_out).norm() / ref_out.norm()).item()
             rows.append(Timing(f"{name} (relative error {error:.1e})", 1, label, ours, best, ref / ours,
-                               torch.nn.functional.cosine_similarity(out.double().flatten(), ref_out.double().flatten(), dim=0).item()))
+                               _cosine(out, ref_out)))
+    return rows
+
+
+def bench_anti_alias(device: str = "cpu", shapes: Sequence[tuple[int, int, int]] = ((1, 256, 1024),),
+                     dtypes: Sequence[str] = ("fp32", "bf16"), repeat: int = 3, warmup: int = 1, inner: int = 1,
+                     seed: int = 0, generator: torch.Generator | None = None) -> list[OpTiming]:
+    """The compiled anti-aliased SnakeBeta (C++ on CPU, CUDA on a GPU) against the PyTorch reference
+    in float32, on x [B, C, T] for each of `shapes`, per dtype in `dtypes`; throughput in GB/s of x
+    read plus y written. Random inputs come from `generator` (CPU; default: seeded with `seed`)."""
+    from clipsonic import ops
+    from clipsonic.ops.anti_alias_reference import kaiser_sinc_filter
+    from clipsonic.runtime import resolve_dtype
+
+    target = torch.device(device)
+    impl, label = ("cuda", "CUDA") if target.type == "cuda" else ("cpp", "C++")
+    generator = torch.Generator().manual_seed(seed) if generator is None else generator
+    taps = kaiser_sinc_filter(0.25, 0.3, 12).to(target)
+    rows = []
+    for shape in shapes:
+        channels = shape[1]
+        x = torch.randn(shape, generator=generator).to(target)
+        alpha = (torch.rand(channels, generator=generator) + 0.5).to(target)
+        beta = (torch.rand(channels, generator=generator) + 0.5).to(target)
+        name = f"anti_alias_activation {list(shape)}"
+        ref, ref_best, ref_out = time_device(lambda: ops.anti_alias_activation(x, taps, taps, alpha, beta,
+                                                                              impl="reference"),
+                                             target, repeat, warmup, inner)
+        gigabytes = 2 * x.numel() * x.element_size() / 1e9
+        rows.append(OpTiming(f"{name} (reference)", shape[0], "fp32", ref, ref_best, 1.0, 1.0, gigabytes / ref, "GB/s"))
+        for dtype_name in dtypes:
+            xd = x.to(resolve_dtype(dtype_name))
+            ours, best, out = time_device(lambda: ops.anti_alias_activation(xd, taps, taps, alpha, beta, impl=impl),
+                                          target, repeat, warmup, inner)
+            gigabytes = 2 * xd.numel() * xd.element_size() / 1e9
+            rows.append(OpTiming(f"{name} ({label})", shape[0], dtype_name, ours, best, ref / ours,
+                                 _cosine(out, ref_out), gigabytes / ours, "GB/s"))
     return rows
 
 
@@ -218,14 +253,14 @@ def ops_markdown_table(rows: Sequence[OpTiming]) -> str:
 
 
 def time_device(fn: Callable[[], object], device: torch.device, repeat: int = 10, warmup: int = 3,
-                inner: int = 1) -> tuple[float, float, object]:
+                inner: int = 1, inference: bool = True) -> tuple[float, float, object]:
     """Like `time_call` (median and best seconds per call, last output), but on a CUDA device
     timed with events around `inner` back-to-back calls, since kernels run asynchronously."""
     if device.type != "cuda":
-        median, best, output = time_call(lambda: [fn() for _ in range(inner)][-1], repeat, warmup)
+        median, best, output = time_call(lambda: [fn() for _ in range(inner)][-1], repeat, warmup, inference)
         return median / inner, best / inner, output
     output = None
-    with torch.inference_mode(), torch.cuda.device(device):
+    with torch.inference_mode() if inference else contextlib.nullcontext(), torch.cuda.device(device):
         for _ in range(warmup):  # also compiles and autotunes Triton kernels
             output = fn()
         torch.cuda.synchronize()
@@ -242,12 +277,13 @@ def time_device(fn: Callable[[], object], device: torch.device, repeat: int = 10
 
 
 @contextlib.contextmanager
-def _ops_forced_to_reference() -> Iterator[None]:
-    """Every `clipsonic.ops` call inside goes to the PyTorch reference (``CLIPSONIC_OPS=reference``)."""
+def ops_forced(impl: str = "reference") -> Iterator[None]:
+    """Every `clipsonic.ops` call inside goes to `impl` (``CLIPSONIC_OPS=<impl>``; "reference": the
+    PyTorch references, "triton": the Triton kernels, gradients too)."""
     from clipsonic.ops.dispatch import ENVIRONMENT_VARIABLE
 
     previous = os.environ.get(ENVIRONMENT_VARIABLE)
-    os.environ[ENVIRONMENT_VARIABLE] = "reference"
+    os.environ[ENVIRONMENT_VARIABLE] = impl
     try:
         yield
     finally:
@@ -370,8 +406,7 @@ def _bench_unet_step(device: torch.device, dtype: torch.dtype, dtype_name: str, 
 
     torch.manual_seed(seed)
     unet = UNet(UNetConfig.preset(preset)).eval()
-    for parameter in unet.parameters():  # no zero-initialised layers: time realistic arithmetic
-        parameter.data.add_(1e-3 * torch.randn_like(parameter))
+    random_weights_(unet)
     unet = set_precision(unet, dtype).to(device)
     multiple = unet.config.downsampling
     frames = -(-frames // multiple) * multiple
@@ -381,7 +416,7 @@ def _bench_unet_step(device: torch.device, dtype: torch.dtype, dtype_name: str, 
     cond = torch.randn(2, unet.config.cond_dim, device=device, generator=generator)
     drop = torch.tensor([False, True], device=device)
     name = f"unet {preset} step, batch 2 x 64 x {frames}"
-    with _ops_forced_to_reference():
+    with ops_forced("reference"):
         ref, ref_best, ref_out = time_device(lambda: unet(x, t, cond, drop), device, repeat, warmup)
     ours, best, out = time_device(lambda: unet(x, t, cond, drop), device, repeat, warmup)
     return [OpTiming(f"{name} (reference: CLIPSONIC_OPS=reference)", 2, dtype_name, ref, ref_best, 1.0, 1.0),
