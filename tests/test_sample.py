@@ -143,13 +143,16 @@ def test_files_never_exceed_full_scale_and_loudness_on_request(models, tmp_path)
     loud = sample(models, "--text", "rain", "--seed", "4", "--batch", "3", "--loudness", "-30",
                   "-o", str(tmp_path / "loud.wav"))
     assert loud.returncode == 0, loud.stderr
+    measured = 0
     for index, wav in enumerate(raw):
         normalised = soundfile.read(tmp_path / f"loud_{index}.wav")[0]
         assert np.abs(normalised).max() <= 1.0
         if np.abs(normalised).max() < 0.89:  # not touched by the peak guard after normalising
             assert abs(integrated_loudness(normalised, 16000) - (-30)) < 0.05
+            measured += 1
         # the same sound, only its level changed
         assert abs(np.corrcoef(normalised, wav)[0, 1]) > 0.9999
+    assert measured >= 2  # -30 LUFS leaves headroom for these samples: the loudness itself was checked
 
 
 def test_playable_keeps_the_level_unless_it_would_clip():
