@@ -1,9 +1,9 @@
 """Media decoding through the ffmpeg and ffprobe binaries (a system dependency, not a package).
 
 Every failure becomes a `MediaError` naming the file: ffmpeg missing, file missing or
-unreadable, no audio stream, a timestamp past the end (ffmpeg exits 0 with no output there),
-and partial or corrupt files (ffmpeg may exit 0 after decode errors, so it runs with
-``-xerror`` and anything it prints at the ``error`` level counts as a failure).
+unreadable, no audio or video stream, a timestamp at or past the end of the video, and partial
+or corrupt files (ffmpeg may exit 0 after decode errors, so it runs with ``-xerror`` and
+anything it prints at the ``error`` level counts as a failure).
 """
 
 from __future__ import annotations
@@ -100,17 +100,24 @@ def _rate(text: str | None) -> float | None:
     return value if value > 0 else None
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
-    """Duration, streams, frame rate, picture size and audio format of a media file."""
-    source = _existing(path)
+def _probe_report(source: Path, *entries: str) -> dict:
+    """ffprobe's JSON report of `source`: format and streams, plus any `-show_entries` sections."""
+    extra = ["-show_entries", ":".join(entries)] if entries else []
     out = _run([find_binary("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
-                "-show_streams", str(source)], source)
-    report = json.loads(out or b"{}")
+                "-show_streams", *extra, str(source)], source)
+    return json.loads(out or b"{}")
+
+
+def _video_stream(report: dict) -> dict | None:
+    # Cover art is a video stream of a single picture; it is not a video.
+    return next((s for s in report.get("streams", []) if s.get("codec_type") == "video"
+                 and not s.get("disposition", {}).get("attached_pic")), None)
+
+
+def _media_info(source: Path, report: dict) -> MediaInfo:
     streams = report.get("streams", [])
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    # Cover art is a video stream of a single picture; it is not a video.
-    video = next((s for s in streams if s.get("codec_type") == "video"
-                  and not s.get("disposition", {}).get("attached_pic")), None)
+    video = _video_stream(report)
     if audio is None and video is None:
         raise MediaError(f"{source}: no audio or video stream")
     durations = [float(d) for d in [report.get("format", {}).get("duration")]
@@ -126,6 +133,12 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         sample_rate=int(audio["sample_rate"]) if audio and "sample_rate" in audio else None,
         channels=int(audio["channels"]) if audio and "channels" in audio else None,
     )
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Duration, streams, frame rate, picture size and audio format of a media file."""
+    source = _existing(path)
+    return _media_info(source, _probe_report(source))
 
 
 def decode_audio_native(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -188,60 +201,142 @@ def _read_ppms(data: bytes, path: Path) -> list[np.ndarray]:
 
 
 _PICTURE_OUTPUT = ["-f", "image2pipe", "-vcodec", "ppm", "-pix_fmt", "rgb24", "pipe:1"]
+# ffprobe prints durations to the microsecond: a time that close to the end is at the end.
+_END_TOLERANCE = 1e-6
+# How far a decoded frame's time may sit from its packet's time and still be that packet's frame:
+# container time bases are at most a millisecond coarse, and the file's start offset is rounded to
+# one tick of them. A quarter of the gap to the nearest frame keeps a shifted timeline from passing.
+_MATCH_TOLERANCE = 1e-3
 
 
-def _grab_frame(path: Path, seconds: float | None) -> bytes:
-    seek = [] if seconds is None else ["-ss", f"{seconds:.6f}"]
-    return _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", *seek, "-i", str(path),
-                 "-map", "0:v:0", "-frames:v", "1", *_PICTURE_OUTPUT], path)
+def _packet_starts(report: dict, stream: dict) -> np.ndarray | None:
+    """Start times [F] (seconds from the file's start, increasing) of the frames `stream` decodes
+    to, read off its packets without decoding; None where some packet has no presentation time.
 
-
-def _grab_frames_in_one_pass(path: Path, times: Sequence[float]) -> list[np.ndarray]:
-    """For each of the increasing `times`, the first frame shown at or after it, from one decoding pass.
-
-    Far cheaper than one seeking ffmpeg per frame. Two times within one frame interval select a
-    single frame, so the caller compares counts and falls back to seeking.
+    ffmpeg counts time from the file's start time, so that is subtracted. Packets an edit list
+    hides (flag D) decode to no frame. Packets arrive in decoding order; frames leave the decoder
+    in presentation order, hence the sort.
     """
-    # A frame is taken when it is the first at or after some time: t >= T and the previous frame's t < T.
-    chosen = "+".join(f"gte(t,{seconds:.6f})*not(gte(prev_pts*TB,{seconds:.6f}))" for seconds in times)
-    data = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:v:0",
-                 "-vf", f"select='{chosen}'", "-fps_mode", "passthrough", *_PICTURE_OUTPUT], path)
-    return _read_ppms(data, path)
+    start = float(report.get("format", {}).get("start_time", 0.0) or 0.0)
+    starts = []
+    for packet in report.get("packets", []):
+        if packet.get("stream_index") != stream["index"] or "D" in packet.get("flags", ""):
+            continue
+        if packet.get("pts_time") in (None, "N/A"):
+            return None  # AVI, MPEG-PS: the decoder guesses these frames' times
+        starts.append(float(packet["pts_time"]) - start)
+    return np.sort(np.array(starts, dtype=np.float64))
+
+
+def _decoded_starts(source: Path, stream: dict) -> np.ndarray:
+    """Start times [F] (seconds from the file's start, in decoding order) of every frame ffmpeg
+    decodes from `stream`, including the times it guesses; one full decode whose pictures are
+    thrown away (framecrc lists each frame's pts in the time base its header names)."""
+    out = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source),
+                "-map", f"0:{stream['index']}", "-fps_mode", "passthrough", "-c:v", "wrapped_avframe",
+                "-f", "framecrc", "pipe:1"], source).decode("ascii", errors="replace")
+    base = re.search(r"^#tb 0: (\d+)/(\d+)$", out, re.MULTILINE)
+    if base is None:
+        raise MediaError(f"{source}: ffmpeg listed no frame times")
+    ticks = [int(line.split(",")[2]) for line in out.splitlines() if line and not line.startswith("#")]
+    return np.array(ticks, dtype=np.float64) * int(base.group(1)) / int(base.group(2))
+
+
+def _shown_frames(starts: np.ndarray, times: Sequence[float]) -> list[int]:
+    """For each time, the index into `starts` [F] of the frame displayed then: the latest start at or
+    before it (the later frame of equal starts; the earliest frame for a time before them all)."""
+    order = np.argsort(starts, kind="stable")
+    positions = np.searchsorted(starts[order], np.asarray(times, dtype=np.float64), side="right") - 1
+    return [int(order[max(position, 0)]) for position in positions]
+
+
+def _select_frames(source: Path, stream: dict, indices: Sequence[int],
+                   starts: np.ndarray | None = None) -> list[np.ndarray]:
+    """The frames numbered `indices` (in decoding order; increasing, distinct) of `stream` as RGB
+    uint8 [H, W, 3] pictures, in one decoding pass that stops after the last of them.
+
+    With `starts`, a frame is taken only if its decoded time also matches its start there: where
+    the packets told a wrong story, fewer pictures come back and the caller knows.
+    """
+    if starts is None:
+        chosen = "+".join(f"eq(n,{index})" for index in indices)
+    else:
+        gaps = np.diff(starts)
+        terms = []
+        for index in indices:
+            nearest = min(gaps[max(index - 1, 0):index + 1], default=np.inf)  # to the frames either side
+            tolerance = min(_MATCH_TOLERANCE, nearest / 4)
+            terms.append(f"eq(n,{index})*lt(abs(t-{starts[index]:.6f}),{tolerance:.7f})")
+        chosen = "+".join(terms)
+    # Rotation filters go in before -vf, so `n` and `t` are the decoder's and pictures come out upright.
+    # Each term matches one frame at most, so ffmpeg may stop decoding once it has len(indices).
+    data = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source),
+                 "-map", f"0:{stream['index']}", "-vf", f"select='{chosen}'", "-fps_mode", "passthrough",
+                 "-frames:v", str(len(indices)), *_PICTURE_OUTPUT], source)
+    return _read_ppms(data, source)
 
 
 def read_frames(path: str | os.PathLike, timestamps: Sequence[float]) -> np.ndarray:
-    """RGB frames uint8 [N, H, W, 3] at `timestamps` (seconds), as displayed (rotation applied).
+    """RGB frames uint8 [N, H, W, 3] at `timestamps` [N] (seconds from the start, in any order), as
+    displayed (rotation applied).
 
-    Each is the first frame shown at or after its timestamp.
+    Each is the frame displayed at that time: the last frame that starts at or before it (the
+    first frame for a time before it starts), so two times within one frame's display get the same
+    picture. The video lasts as long as the file (`probe(path).duration`); a time at or past that
+    end, or a negative one, is a MediaError. Frames are chosen from the packets' presentation times
+    (ffprobe reads them without decoding) and taken in one decoding pass that checks each one's
+    time; files whose packets lack those times, or whose decoded frames disagree with them, take
+    one more pass that decodes every frame's time first.
     """
-    info = probe(path)
-    if not info.has_video:
-        raise MediaError(f"{info.path}: has no video stream")
-    if not timestamps:
+    source = _existing(path)
+    report = _probe_report(source, "packet=stream_index,pts_time,flags")
+    info, stream = _media_info(source, report), _video_stream(report)
+    if stream is None:
+        raise MediaError(f"{source}: has no video stream")
+    if len(timestamps) == 0:
         return np.zeros((0, info.height or 0, info.width or 0, 3), dtype=np.uint8)
-    for seconds in timestamps:
+    times = [float(seconds) for seconds in timestamps]
+    for seconds in times:
         if seconds < 0:
-            raise MediaError(f"{info.path}: timestamp {seconds:.3f}s is negative")
-    distinct = sorted(set(float(seconds) for seconds in timestamps))
-    pictures = _grab_frames_in_one_pass(info.path, distinct)
+            raise MediaError(f"{source}: timestamp {seconds:.3f}s is negative")
+    starts = _packet_starts(report, stream)
+    pictures = None
+    if starts is not None and starts.size:
+        pictures = _pictures_at(info, stream, starts, times, checked=True)
+    if pictures is None:
+        starts = _decoded_starts(source, stream)
+        if not starts.size:
+            raise MediaError(f"{source}: the video stream decodes to no frames")
+        pictures = _pictures_at(info, stream, starts, times, checked=False)
+    if pictures is None:
+        raise MediaError(f"{source}: ffmpeg returned fewer frames than it listed")
+    return pictures
+
+
+def _pictures_at(info: MediaInfo, stream: dict, starts: np.ndarray, times: list[float],
+                 checked: bool) -> np.ndarray | None:
+    """read_frames on the frame start times `starts` [F]: pictures [N, H, W, 3], or None when the
+    decoding pass returned fewer frames than chosen. `checked` matches each frame's decoded time."""
+    # Unknown duration: the last frame lasts one frame interval (or ends where it starts).
+    end = info.duration or float(starts.max()) + (1 / info.fps if info.fps else 0.0)
+    for seconds in times:
+        if seconds >= end - _END_TOLERANCE:
+            raise MediaError(f"{info.path}: timestamp {seconds:.3f}s is at or past the end of the video "
+                             f"({end:.3f}s long)")
+    shown = _shown_frames(starts, times)
+    distinct = sorted(set(shown))
+    pictures = _select_frames(info.path, stream, distinct, starts if checked else None)
     if len(pictures) != len(distinct):
-        pictures = [_seek_frame(info, seconds) for seconds in distinct]
-    by_time = dict(zip(distinct, pictures))
-    return np.stack([by_time[float(seconds)] for seconds in timestamps])
-
-
-def _seek_frame(info: MediaInfo, seconds: float) -> np.ndarray:
-    data = _grab_frame(info.path, seconds)
-    if not data:
-        raise MediaError(f"{info.path}: timestamp {seconds:.3f}s is past the end of the video "
-                         f"({info.duration:.3f}s long)")
-    return _read_ppm(data, info.path)[0]
+        return None
+    by_index = dict(zip(distinct, pictures))
+    return np.stack([by_index[index] for index in shown])
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A still image (PNG, JPEG, WebP, ... anything ffmpeg reads) as RGB uint8 [H, W, 3]."""
     source = _existing(path)
-    data = _grab_frame(source, None)
+    data = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source), "-map", "0:v:0",
+                 "-frames:v", "1", *_PICTURE_OUTPUT], source)
     if not data:
         raise MediaError(f"{source}: holds no picture")
     return _read_ppm(data, source)[0]

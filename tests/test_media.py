@@ -1,3 +1,5 @@
+import itertools
+import re
 import shutil
 import subprocess
 
@@ -47,38 +49,153 @@ def test_decode_audio_is_16k_mono_float32(videos):
     assert abs(webm.shape[0] - 32000) < 1024
 
 
-def test_frames_at_timestamps(videos):
-    frames = media.read_frames(videos["with_audio"], [0.0, 1.5, 2.9])
-    assert frames.shape == (3, 48, 64, 3) and frames.dtype == np.uint8
-    assert not np.array_equal(frames[0], frames[1])  # testsrc moves over time
-    again = media.read_frames(videos["with_audio"], [1.5])
-    np.testing.assert_array_equal(again[0], frames[1])
-
-
-def test_one_pass_frames_equal_seeking_in_any_order(videos):
-    times = [2.9, 0.3, 1.5, 0.3, 2.04]
-    frames = media.read_frames(videos["with_audio"], times)
-    info = media.probe(videos["with_audio"])
-    for picture, seconds in zip(frames, times):
-        np.testing.assert_array_equal(picture, media._seek_frame(info, seconds))
-
-
-def test_times_closer_than_a_frame_fall_back_to_seeking(tmp_path):
-    slow = make_video(tmp_path / "slow.mp4", seconds=4.0, fps=1, audio=False)
-    frames = media.read_frames(slow, [0.2, 0.5, 1.5, 2.5])  # 0.2 and 0.5 lie between the frames at 0 s and 1 s
-    info = media.probe(slow)
-    for picture, seconds in zip(frames, [0.2, 0.5, 1.5, 2.5]):
-        np.testing.assert_array_equal(picture, media._seek_frame(info, seconds))
-
-
 def test_no_audio_stream(videos):
     with pytest.raises(MediaError, match=r"no_audio\.mp4: has no audio stream"):
         media.decode_audio(videos["no_audio"])
 
 
-def test_timestamp_past_the_end(videos):
-    with pytest.raises(MediaError, match=r"timestamp 5\.000s is past the end of the video \(3\.0\d+s long\)"):
-        media.read_frames(videos["with_audio"], [1.0, 5.0])
+# Frame choice: each timestamp gets the frame displayed then, the last one whose start time is at or
+# before it. Every picture is checked against `_every_frame`, a full decode that does not go through
+# read_frames, and each video's start times are fixed by how it was made.
+
+VFR_STARTS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 1.1, 1.2, 1.3, 1.4, 2.0, 3.0, 3.1, 3.5, 3.9)
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([shutil.which("ffmpeg"), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def _every_frame(path) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame ffmpeg decodes from `path`, in order: RGB uint8 [F, H, W, 3] (not rotated) and
+    start times [F] in seconds from the start of the file, as showinfo reports what filters see."""
+    info = media.probe(path)
+    done = subprocess.run([shutil.which("ffmpeg"), "-nostdin", "-v", "info", "-noautorotate", "-i", str(path),
+                           "-map", "0:v:0", "-vf", "showinfo", "-fps_mode", "passthrough", "-f", "rawvideo",
+                           "-pix_fmt", "rgb24", "pipe:1"], capture_output=True, check=True)
+    pictures = np.frombuffer(done.stdout, np.uint8).reshape(-1, info.height, info.width, 3)  # [F, H, W, 3]
+    starts = np.array([float(t) for t in re.findall(r"\] n: *\d+ pts: *-?\d+ pts_time:(\S+)", done.stderr.decode())])
+    assert len(starts) == len(pictures)
+    return pictures, starts
+
+
+def _times_to_check(duration: float) -> list[float]:
+    """Timestamps over the whole clip: an even spread from 0 to 0.05 s before the end, the end minus
+    1 ms, and preprocess's (i + 1/2) / N times for 1, 2 and 4 frames per second (N at least 3)."""
+    counts = [max(3, round(duration * per_second)) for per_second in (1, 2, 4)]
+    preprocess = [(index + 0.5) * duration / count for count in counts for index in range(count)]
+    return [*np.linspace(0.0, duration - 0.05, 17).tolist(), duration - 0.001, *preprocess]
+
+
+def _assert_displayed_frames(path, starts) -> None:
+    """read_frames at `_times_to_check` returns, for each time, the decoded frame with the last
+    start time <= it; `starts` are the frame start times the video was made with."""
+    pictures, decoded_starts = _every_frame(path)
+    np.testing.assert_allclose(decoded_starts, starts, atol=1e-6)
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(pictures))  # every frame is recognisable
+    times = _times_to_check(media.probe(path).duration)
+    frames = media.read_frames(path, times)
+    assert frames.shape == (len(times), *pictures.shape[1:]) and frames.dtype == np.uint8
+    for picture, seconds in zip(frames, times):
+        shown = max(0, int(np.searchsorted(starts, seconds, side="right")) - 1)
+        match = [index for index, candidate in enumerate(pictures) if np.array_equal(candidate, picture)]
+        assert match == [shown], f"at {seconds:.3f}s: got frame {match}, expected {shown} (starts {starts[shown]:.3f}s)"
+
+
+@pytest.mark.parametrize("fps", [1, 2, 4, 25])
+def test_frame_displayed_at_each_time_at_constant_frame_rates(tmp_path, fps):
+    path = make_video(tmp_path / f"{fps}fps.mp4", seconds=5.0, fps=fps, audio=False)
+    _assert_displayed_frames(path, np.arange(5 * fps) / fps)
+
+
+def test_frame_displayed_at_each_time_at_a_variable_frame_rate(tmp_path):
+    # testsrc at 10 fps thinned to 15 frames 0.1-1.0 s apart; mp4 keeps the 4-s length.
+    path = tmp_path / "vfr.mp4"
+    keep = "+".join(f"eq(n,{round(start * 10)})" for start in VFR_STARTS)
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=4", "-vf", f"select='{keep}'",
+            "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    assert media.probe(path).duration == pytest.approx(4.0)
+    _assert_displayed_frames(path, np.array(VFR_STARTS))
+
+
+def test_low_frame_rate_by_hand(tmp_path):
+    path = make_video(tmp_path / "1fps.mp4", seconds=5.0, fps=1, audio=False)
+    pictures, _ = _every_frame(path)
+    times = [4.55, 0.0, 0.2, 0.99, 1.0, 0.2, 4.95, 4.999]  # any order; a time twice, two in one frame
+    frames = media.read_frames(path, times)
+    for picture, shown in zip(frames, [4, 0, 0, 0, 1, 0, 4, 4]):
+        np.testing.assert_array_equal(picture, pictures[shown])
+
+
+@pytest.mark.parametrize("name", ["edit_list.mp4", "offset.ts", "no_pts.mpg", "b_frames.avi", "vp9.webm"])
+def test_frame_displayed_at_each_time_in_other_containers(tmp_path, name):
+    """Beyond H.264 in mp4: an mp4 cut without re-encoding (its edit list hides the frames before
+    1.3 s, which are still decoded), MPEG-TS (the file starts at 1.4 s), MPEG-PS and AVI with
+    B-frames (packets without presentation times), VP9 in WebM."""
+    source = "testsrc=size=64x48:rate=25:duration=3"
+    path = tmp_path / name
+    if name == "edit_list.mp4":
+        whole = make_video(tmp_path / "whole.mp4", seconds=4.0, audio=False)
+        _ffmpeg("-ss", "1.3", "-i", str(whole), "-c", "copy", str(path))
+    else:
+        codec = {"offset.ts": ["-c:v", "libx264"], "no_pts.mpg": ["-c:v", "mpeg2video"],
+                 "b_frames.avi": ["-c:v", "mpeg4", "-bf", "2"], "vp9.webm": ["-c:v", "libvpx-vp9"]}[name]
+        _ffmpeg("-f", "lavfi", "-i", source, *codec, "-pix_fmt", "yuv420p", str(path))
+    _, starts = _every_frame(path)
+    np.testing.assert_allclose(starts, starts[0] + np.arange(len(starts)) / 25, atol=1e-6)  # AVI's starts at 0.04
+    _assert_displayed_frames(path, starts)
+
+
+def test_packet_times_spare_a_second_decode(tmp_path, monkeypatch):
+    path = make_video(tmp_path / "25fps.mp4", seconds=2.0, audio=False)
+    pictures, _ = _every_frame(path)
+
+    def no_second_pass(*args):
+        raise AssertionError("an mp4's packets list its frames; it needs one decoding pass")
+
+    monkeypatch.setattr(media, "_decoded_starts", no_second_pass)
+    np.testing.assert_array_equal(media.read_frames(path, [0.5, 1.99]), pictures[[12, 49]])
+
+
+def test_packets_that_disagree_with_the_decoder_are_not_trusted(tmp_path, monkeypatch):
+    # Packet times half a frame late: frame n would be taken for times it is not displayed at,
+    # unless the decoding pass checks each frame's time and the frames' real times are decoded.
+    path = make_video(tmp_path / "25fps.mp4", seconds=2.0, audio=False)
+    pictures, _ = _every_frame(path)
+    packet_starts = media._packet_starts
+    monkeypatch.setattr(media, "_packet_starts", lambda *args: packet_starts(*args) + 0.02)
+    np.testing.assert_array_equal(media.read_frames(path, [0.5, 0.53, 1.99]), pictures[[12, 13, 49]])
+
+
+def test_rotation_is_applied(tmp_path):
+    upright = make_video(tmp_path / "upright.mp4", seconds=2.0, fps=2, audio=False)
+    turned = tmp_path / "turned.mp4"
+    _ffmpeg("-i", str(upright), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(turned))
+    times = [0.3, 1.7]
+    frames = media.read_frames(turned, times)
+    assert frames.shape == (2, 64, 48, 3)
+    # ffmpeg 5 stores the tag as a display matrix of 90° counter-clockwise (ffprobe: rotation=90).
+    np.testing.assert_array_equal(frames, np.rot90(media.read_frames(upright, times), k=1, axes=(1, 2)))
+
+
+def test_read_frames_of_nothing_and_of_bad_files(videos, tmp_path):
+    assert media.read_frames(videos["no_audio"], []).shape == (0, 48, 64, 3)
+    sound = tmp_path / "sound.wav"
+    _ffmpeg("-f", "lavfi", "-i", "sine=duration=1", str(sound))
+    with pytest.raises(MediaError, match=r"sound\.wav: has no video stream"):
+        media.read_frames(sound, [0.5])
+    with pytest.raises(MediaError, match=r"truncated_data\.mp4: unreadable or corrupt media"):
+        media.read_frames(videos["truncated_data"], [0.5, 2.5])
+
+
+def test_timestamp_at_or_past_the_end(tmp_path):
+    path = make_video(tmp_path / "2fps.mp4", seconds=5.0, fps=2, audio=False)
+    assert media.read_frames(path, [4.999]).shape == (1, 48, 64, 3)
+    for seconds in (5.0, 5.2):
+        with pytest.raises(MediaError, match=rf"2fps\.mp4: timestamp {seconds:.3f}s is at or past the end of the "
+                                             r"video \(5\.000s long\)"):
+            media.read_frames(path, [1.0, seconds])
+    with pytest.raises(MediaError, match=r"2fps\.mp4: timestamp -0\.100s is negative"):
+        media.read_frames(path, [-0.1])
 
 
 @pytest.mark.parametrize("name", ["truncated_moov", "truncated_data", "truncated"])
