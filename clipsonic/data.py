@@ -11,29 +11,56 @@ Layout (all arrays little-endian ``.npy``, float16 to halve the disk footprint):
     labels.npz            labels [L] (str), text_embeddings [L, D], token_encodings [L, 77, W]:
                           CLIP encodings of text_template for each label (the prior's inputs)
     frames/<id>.npy       optional: the 224 x 224 frames themselves (uint8 [N, 224, 224, 3])
+    .lock                 flock'ed by the one writer (`DatasetWriter`) while it is open; holds its pid
 
-A shard's arrays are written (atomically) before its records are appended to clips.jsonl,
-so a reader never sees a record whose data is incomplete, and an interrupted writer resumes
-by skipping the ids already listed.
+One writer at a time: a second `DatasetWriter` on the folder fails at once, naming the process
+that holds it; the lock dies with its holder, so a killed writer never blocks the next. A shard's
+arrays are written (atomically, under a number no earlier shard file had) before its records are
+appended to clips.jsonl, so a reader never sees a record whose data is incomplete, and an
+interrupted writer resumes by skipping the ids already listed. `Dataset` checks at open that ids
+are unique and that every record's ranges lie inside its shards and overlap no other record's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from clipsonic.audio import MelConfig
 from clipsonic.errors import ClipsonicError
-from clipsonic.fileio import atomic_path, write_json_atomic
+from clipsonic.fileio import LockHeld, atomic_path, exclusive_lock, temporary_files, write_json_atomic
 
+log = logging.getLogger(__name__)
 DATASET_FORMAT = "clipsonic.dataset"
 DATASET_VERSION = 1
 TEXT_TEMPLATE = "a photo of {label}"
+LOCK_NAME = ".lock"
+_SHARD_NAME = re.compile(r"(mel|emb)-(\d+)\.npy")
+
+
+def shard_path(folder: Path, kind: str, index: int) -> Path:
+    """shards/mel-NNNNN.npy or shards/emb-NNNNN.npy of a dataset folder."""
+    return folder / "shards" / f"{kind}-{index:05d}.npy"
+
+
+@contextlib.contextmanager
+def dataset_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Be the one writer of the dataset folder `folder` for the block (created if missing)."""
+    try:
+        with exclusive_lock(Path(folder) / LOCK_NAME):
+            yield
+    except LockHeld as held:
+        raise ClipsonicError(f"{folder}: is being written by {held.holder}; wait for it to finish or use another "
+                             f"output folder") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +114,7 @@ class Dataset:
         self.text_template = self.info.get("text_template", TEXT_TEMPLATE)
         self.source_root = Path(self.info["source_root"]) if self.info.get("source_root") else None
         records = read_records(self.folder / "clips.jsonl")
+        self._verify(records)
         self.records = [r for r in records if split is None or r.split == split]
         self._shards: dict[tuple[str, int], np.ndarray] = {}
         self._labels: dict[str, np.ndarray] | None = None
@@ -94,10 +122,52 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def _verify(self, records: list[ClipRecord]) -> None:
+        """Fail on records that are listed twice, point outside their shards or share rows of one.
+
+        A record's data can only be wrong this way when something other than one `DatasetWriter`
+        wrote the folder (two at once before the lock, an edit by hand): reading on would return
+        another clip's mel or a short one without an error. Only the shards' .npy headers are read.
+        """
+        damaged = "the dataset is damaged (preprocess its videos again into a new folder)"
+        listed: set[str] = set()
+        by_shard: dict[int, list[ClipRecord]] = defaultdict(list)
+        for record in records:
+            if record.id in listed:
+                raise ClipsonicError(f"{self.folder}: clip {record.id!r} is listed twice in clips.jsonl; {damaged}")
+            listed.add(record.id)
+            by_shard[record.shard].append(record)
+        # per kind: the axis records index, what its entries are, and the shape (None: any size)
+        layout = (("mel", 1, "mel frames", (self.mel_config.n_mels, None)),
+                  ("emb", 0, "embedding rows", (None, self.embed_dim)))
+        for shard, members in sorted(by_shard.items()):
+            for kind, axis, what, expected in layout:
+                path = shard_path(self.folder, kind, shard)
+                name = path.relative_to(self.folder).as_posix()
+                try:
+                    shape = _npy_shape(path)
+                except (OSError, ValueError) as error:
+                    raise ClipsonicError(f"{self.folder}: clip {members[0].id!r} is in {name}, which cannot be read "
+                                         f"({error.strerror if isinstance(error, OSError) else error})") from None
+                if len(shape) != 2 or any(size not in (None, actual) for size, actual in zip(expected, shape)):
+                    wanted = " x ".join("*" if size is None else str(size) for size in expected)
+                    raise ClipsonicError(f"{self.folder}: {name} has shape {' x '.join(map(str, shape))}, not "
+                                         f"{wanted}; {damaged}")
+                end, owner = 0, None  # the end of the ranges seen so far, and whose it is
+                for record in sorted(members, key=lambda member: _span(member, kind)):
+                    start, count = _span(record, kind)
+                    claim = f"clip {record.id!r} claims {what} {start}:{start + count} of {name}"
+                    if start < 0 or count < 0 or start + count > shape[axis]:
+                        raise ClipsonicError(f"{self.folder}: {claim}, which has {shape[axis]}; {damaged}")
+                    if count and start < end:
+                        raise ClipsonicError(f"{self.folder}: {claim}, which clip {owner.id!r} also claims; {damaged}")
+                    if count:
+                        end, owner = start + count, record
+
     def _shard(self, kind: str, index: int) -> np.ndarray:
         key = (kind, index)
         if key not in self._shards:
-            self._shards[key] = np.load(self.folder / "shards" / f"{kind}-{index:05d}.npy", mmap_mode="r")
+            self._shards[key] = np.load(shard_path(self.folder, kind, index), mmap_mode="r")
         return self._shards[key]
 
     def mel(self, record: ClipRecord, start: int = 0, frames: int | None = None) -> np.ndarray:
@@ -138,6 +208,23 @@ class Dataset:
         return labels["text_embeddings"][matches[0]].astype(np.float32)
 
 
+def _span(record: ClipRecord, kind: str) -> tuple[int, int]:
+    """(first, count) of the record's columns in its mel shard or rows in its embedding shard."""
+    return (record.mel_offset, record.mel_frames) if kind == "mel" else (record.frame_offset, record.frame_count)
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape an .npy file's header gives (reading nothing else), once its size says the data is all there."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+        if handle.tell() + dtype.itemsize * int(np.prod(shape)) > os.fstat(handle.fileno()).st_size:
+            raise ValueError(f"cut short: its header says {list(shape)} {dtype}")
+    return shape
+
+
 def read_records(path: Path) -> list[ClipRecord]:
     if not path.is_file():
         return []
@@ -156,28 +243,77 @@ def read_records(path: Path) -> list[ClipRecord]:
 
 
 class DatasetWriter:
-    """Appends clips to a dataset folder in shards; safe to stop at any point and reopen."""
+    """Appends clips to a dataset folder in shards; safe to stop at any point and reopen.
+
+    The writer holds the folder's lock from construction to `close()` (or the end of a `with`
+    block, which also flushes): a second writer, in any process, raises a `ClipsonicError` naming
+    this one's pid."""
 
     def __init__(self, folder: str | os.PathLike, mel_config: MelConfig, embed_dim: int,
                  clip_info: dict | None = None, shard_clips: int = 256,
                  source_root: str | os.PathLike | None = None) -> None:
         self.folder = Path(folder)
         self.mel_config, self.embed_dim, self.shard_clips = mel_config, embed_dim, shard_clips
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(dataset_lock(self.folder))  # before anything in the folder is read or written
+        try:
+            self._open(clip_info, source_root)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, clip_info: dict | None, source_root: str | os.PathLike | None) -> None:
         (self.folder / "shards").mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "dataset.json"
-        info = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "mel": mel_config.to_dict(),
-                "embed_dim": embed_dim, "clip": clip_info, "text_template": TEXT_TEMPLATE,
+        info = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "mel": self.mel_config.to_dict(),
+                "embed_dim": self.embed_dim, "clip": clip_info, "text_template": TEXT_TEMPLATE,
                 "source_root": None if source_root is None else str(Path(source_root).resolve())}
         if info_path.is_file():
             existing = Dataset(self.folder)
-            if existing.mel_config != mel_config or existing.embed_dim != embed_dim:
+            if existing.mel_config != self.mel_config or existing.embed_dim != self.embed_dim:
                 raise ClipsonicError(f"{self.folder}: holds a dataset with other mel settings or embedding size")
+            self.info = existing.info
         else:
             write_json_atomic(info_path, info)
+            self.info = info
         drop_partial_last_line(self.folder / "clips.jsonl")
-        self.done = {record.id for record in read_records(self.folder / "clips.jsonl")}
-        self._next_shard = 1 + max((r.shard for r in read_records(self.folder / "clips.jsonl")), default=-1)
+        records = read_records(self.folder / "clips.jsonl")
+        self.done = {record.id for record in records}
+        files = self._shard_files()
+        self._next_shard = 1 + max([r.shard for r in records] + list(files), default=-1)
+        self._remove_leftovers(files, {record.shard for record in records})
         self._pending: list[tuple[dict, np.ndarray, np.ndarray]] = []
+
+    def _shard_files(self) -> dict[int, list[Path]]:
+        """shard number -> its files in shards/."""
+        files: dict[int, list[Path]] = defaultdict(list)
+        for path in (self.folder / "shards").iterdir():
+            if match := _SHARD_NAME.fullmatch(path.name):
+                files[int(match[2])].append(path)
+        return files
+
+    def _remove_leftovers(self, files: dict[int, list[Path]], listed: set[int]) -> None:
+        """Delete what killed writers left: shard `files` whose records never got appended, temporary files.
+
+        Holding the lock, nothing else is writing them, and no record points to them."""
+        unlisted = [path for index, paths in files.items() if index not in listed for path in paths]
+        for path in unlisted + temporary_files(self.folder) + temporary_files(self.folder / "shards"):
+            log.debug("removing %s, left by an interrupted run", path)
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the folder's lock (queued clips not yet flushed are dropped)."""
+        self._lock.close()
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None:
+                self.flush()
+        finally:
+            self.close()
 
     def add(self, clip_id: str, source: str, mel: np.ndarray, embeddings: np.ndarray,
             frame_times: Sequence[float], label: str | None, split: str, duration: float) -> None:
@@ -194,7 +330,7 @@ class DatasetWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the queued clips as one shard, then list them in clips.jsonl."""
+        """Write the queued clips as one shard (a number no shard file had before), then list them in clips.jsonl."""
         if not self._pending:
             return
         shard = self._next_shard
@@ -207,7 +343,7 @@ class DatasetWriter:
         mels = np.concatenate([mel for _, mel, _ in self._pending], axis=1).astype(np.float16)
         embeddings = np.concatenate([emb for _, _, emb in self._pending], axis=0).astype(np.float16)
         for kind, array in (("mel", mels), ("emb", embeddings)):
-            with atomic_path(self.folder / "shards" / f"{kind}-{shard:05d}.npy") as tmp:
+            with atomic_path(shard_path(self.folder, kind, shard)) as tmp:
                 with open(tmp, "wb") as handle:
                     np.save(handle, array)
         append_lines(self.folder / "clips.jsonl", (record.to_json() for record in records))

@@ -10,7 +10,9 @@ Decoding (ffmpeg, the mel, the resize to CLIP's input) runs in `workers` process
 process batches frames through CLIP. A video that cannot be used (no audio or video stream,
 shorter than `min_seconds`, unreadable or corrupt) is listed in skipped.csv with the reason and
 the run goes on. Clips reach the dataset a shard at a time through atomic writes, so a run
-killed at any point resumes by skipping what is listed (clips.jsonl and skipped.csv).
+killed at any point resumes by skipping what is listed (clips.jsonl and skipped.csv). A run holds
+the dataset's lock throughout (`DatasetWriter`): a second run into the same folder stops at once.
+The decoding processes end with this one, however it ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -32,7 +35,7 @@ import torch
 
 from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.config import Config
-from clipsonic.data import TEXT_TEMPLATE, Dataset, DatasetWriter, read_records
+from clipsonic.data import TEXT_TEMPLATE, DatasetWriter, read_records
 from clipsonic.errors import ClipsonicError, Interrupted, MediaError
 from clipsonic.fileio import atomic_path
 from clipsonic.labels import LabelTable, assign_split
@@ -136,8 +139,39 @@ def decode_clip(job: ClipJob) -> DecodedClip | Skip:
     return DecodedClip(job.source, duration, mel, frames, times)
 
 
-def _quiet_worker() -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """End this process when `parent` dies, however it dies (kill -9 included).
+
+    Otherwise a killed run leaves its decoding processes (~260 MB each) waiting for work forever, and
+    with them multiprocessing's resource tracker, which only exits once no process holds its pipe.
+    On Linux the kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG). It does so when the
+    *thread* that started this process ends: here the one that called `pool.submit`, which outlives
+    the pool (only a pool with max_tasks_per_child starts workers from its manager thread). Elsewhere,
+    and as a second line, a thread sees the parent go (getppid() changes to init or a subreaper).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _quiet_worker(parent: int) -> None:
     # The main process handles Ctrl-C for the whole run; one torch thread per decoding process.
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
@@ -151,7 +185,8 @@ def decoded(jobs: Iterable[ClipJob], workers: int) -> Iterator[DecodedClip | Ski
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: forking a process that has run torch's thread pools can deadlock.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker,
+                               initargs=(os.getpid(),))
     pending = deque()
     try:
         for job in jobs:
@@ -246,18 +281,26 @@ def preprocess(videos: str | os.PathLike, out: str | os.PathLike, clip, *, label
         raise ClipsonicError(f"{root}: not a folder")
     if workers < 0:
         raise ClipsonicError(f"--workers {workers}: must be 0 (decode in this process) or more")
-    description = clip_description(clip, clip_checkpoint)
-    if (folder / "dataset.json").is_file():
-        recorded = Dataset(folder).info.get("clip") or {}
-        if recorded.get("config") != description["config"]:
-            raise ClipsonicError(f"{folder}: was made with another CLIP ({recorded.get('checkpoint')}); "
-                                 f"use a new output folder")
-    writer = DatasetWriter(folder, mel, clip.config.embed_dim, description, settings.shard_clips, source_root=root)
-    skipped_path = folder / SKIPPED_NAME
-    skipped = read_skipped(skipped_path)
     files = find_files(root, VIDEO_SUFFIXES)
     if not files:
         raise ClipsonicError(f"{root}: no video files ({', '.join(VIDEO_SUFFIXES)}) in it")
+    description = clip_description(clip, clip_checkpoint)
+    # The writer holds the folder's lock until the end: a second run into it stops here, untouched.
+    with DatasetWriter(folder, mel, clip.config.embed_dim, description, settings.shard_clips,
+                       source_root=root) as writer:
+        recorded = writer.info.get("clip") or {}
+        if recorded.get("config") != description["config"]:
+            raise ClipsonicError(f"{folder}: was made with another CLIP ({recorded.get('checkpoint')}); "
+                                 f"use a new output folder")
+        return _fill(writer, files, root, clip, labels, settings, mel, workers, retry_skipped, progress)
+
+
+def _fill(writer: DatasetWriter, files: list[Path], root: Path, clip, labels: LabelTable | None,
+          settings: PreprocessConfig, mel: MelConfig, workers: int, retry_skipped: bool, progress: bool) -> Summary:
+    """The body of `preprocess`, holding the dataset's lock."""
+    folder = writer.folder
+    skipped_path = folder / SKIPPED_NAME
+    skipped = read_skipped(skipped_path)
     summary = Summary(videos=len(files))
     jobs = []
     for path in files:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,32 +188,169 @@ def test_cli_errors_are_one_line(tmp_path, clip_file, capsys):
     assert "bad.csv: unrecognised labels format" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_kill_and_resume_gives_the_same_dataset(tmp_path, clip_file, dataset_folder):
-    source = tmp_path / "videos"
-    source.mkdir()
-    videos = 16  # enough that the kill lands mid-run even when clips go fast
-    for index in range(videos):
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory, clip_file):
+    """16 short videos (enough that a kill or a second run lands mid-run even when clips go fast), the
+    command that preprocesses them one clip per shard, and the dataset an uninterrupted run makes."""
+    source = tmp_path_factory.mktemp("many")
+    for index in range(16):
         make_video(source / f"v{index}.mp4", seconds=2.1 + 0.05 * index)
     command = [sys.executable, "-m", "clipsonic", "preprocess", str(source), "--clip", str(clip_file),
                "--workers", "0", "--shard-clips", "1", "--no-progress"]
-    reference = tmp_path / "reference"
+    reference = tmp_path_factory.mktemp("many-data") / "reference"
     subprocess.run(command + ["--out", str(reference)], check=True, capture_output=True)
+    return source, command, reference
+
+
+def _lines(path) -> int:
+    return path.read_text().count("\n") if path.is_file() else 0
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_dataset(tmp_path, many_videos):
+    source, command, reference = many_videos
+    videos = len(list(source.iterdir()))
     resumed = tmp_path / "resumed"
     process = subprocess.Popen(command + ["--out", str(resumed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = resumed / "clips.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not records.is_file() or records.read_text().count("\n") < 2):
+    while time.monotonic() < deadline and _lines(records) < 2:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = records.read_text().count("\n")
     assert 2 <= done < videos
+    assert (resumed / ".lock").read_text().split()[0] == str(process.pid)  # left by the dead run: must not block
     with open(records, "a") as handle:
         handle.write('{"id": "v15.mp4", "sou')  # as if killed while appending: a cut last line
     rerun = subprocess.run(command + ["--out", str(resumed)], check=True, capture_output=True, text=True)
     assert f"{videos - done} clip(s) added, {done} already there" in rerun.stdout
     assert_same_dataset(Dataset(resumed), Dataset(reference))
+    shards = {int(path.stem.split("-")[1]) for path in (resumed / "shards").glob("*.npy")}
+    assert shards == {record.shard for record in Dataset(resumed).records}  # a killed flush's shard is gone
+    assert not [path for path in resumed.rglob("*") if ".tmp" in path.name]
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_stops_at_once(tmp_path, many_videos, clip_file, capsys):
+    source, command, reference = many_videos
+    out = tmp_path / "out"
+    first = subprocess.Popen(command + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _lines(out / "clips.jsonl") < 1:
+            time.sleep(0.02)
+        assert first.poll() is None, first.communicate()
+        second = cli.main(["preprocess", str(source), "--out", str(out), "--clip", str(clip_file), "--workers", "0",
+                           "--shard-clips", "1", "--no-progress"])
+        overlapped = first.poll() is None
+        err = capsys.readouterr().err
+    finally:
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert overlapped, "the first run ended before the second one started: make it longer"
+    assert second == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"clipsonic: error: {out}: is being written by process {first.pid} (started "), err
+    assert "16 clip(s) added, 0 already there" in stdout
+    dataset = Dataset(out)
+    assert len(dataset) == len({record.id for record in dataset.records}) == 16
+    assert_same_dataset(dataset, Dataset(reference))
+
+
+def test_a_run_into_a_locked_folder_touches_nothing(tmp_path, dataset_folder, videos, clip_file, capsys):
+    import fcntl
+
+    out = tmp_path / "copy"
+    shutil.copytree(dataset_folder, out)
+
+    def state():
+        return {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in sorted(out.rglob("*")) if path.is_file()}
+
+    with open(out / ".lock", "w") as held:  # as another run holds it (a second open file: flock refuses this one too)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242 2026-12-01 10:00:00\n")
+        held.flush()
+        before = state()
+        started = time.monotonic()
+        assert cli.main(["preprocess", str(videos), "--out", str(out), "--clip", str(clip_file), "--workers", "2",
+                         "--retry-skipped"]) == 1
+        assert time.monotonic() - started < 5
+        assert state() == before
+    assert capsys.readouterr().err == (f"clipsonic: error: {out}: is being written by process 4242 (started "
+                                       f"2026-12-01 10:00:00); wait for it to finish or use another output folder\n")
+
+
+def _process_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, state, start time) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()  # after "pid (command)"
+            except OSError:
+                continue  # gone meanwhile
+            table[int(entry)] = (int(fields[1]), fields[0], fields[19])
+    return table
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every living process below `pid`."""
+    table = _process_table()
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, state, start) in table.items():
+            if ppid == parent and child not in found and state not in "ZX":
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_a_killed_run_leaves_no_processes_behind(tmp_path, many_videos):
+    source, command, _ = many_videos
+    command = list(command)
+    command[command.index("--workers") + 1] = "2"
+    process = subprocess.Popen(command + ["--batch", "3", "--out", str(tmp_path / "out")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: dict[int, str] = {}
+
+    def alive() -> list[int]:  # a pid counts only while it is the same process, not a zombie
+        table = _process_table()
+        return sorted(pid for pid, start in children.items()
+                      if pid in table and table[pid][2] == start and table[pid][1] not in "ZX")
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _lines(tmp_path / "out" / "clips.jsonl") < 1:  # workers are decoding
+            time.sleep(0.02)
+        children = _descendants(process.pid)
+        commands = {pid: _command_line(pid) for pid in children}
+        assert process.poll() is None, "the run finished before the kill: give it more videos"
+        process.kill()
+        process.wait()
+        # the 2 decoding workers (a worker's child between fork and exec of ffmpeg shows the same command)
+        assert sum("spawn_main" in text for text in commands.values()) >= 2, commands
+        assert any("resource_tracker" in text for text in commands.values()), commands
+        deadline = time.monotonic() + 5
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(), {pid: commands[pid] for pid in alive()}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in alive():  # what a failure left behind: processes this test started, by pid
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -33,12 +33,13 @@ import platform
 import shutil
 import sysconfig
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+
+from clipsonic.fileio import LockHeld, LockHolder, exclusive_lock
 
 log = logging.getLogger(__name__)
 CACHE_VARIABLE = "CLIPSONIC_EXTENSIONS"
@@ -139,41 +140,21 @@ def temporary_folders(folder: Path) -> list[Path]:
     return sorted(folder.parent.glob(folder.name + _TEMPORARY + "*"))
 
 
-def _try_lock(descriptor: int) -> bool:
-    import fcntl  # POSIX only: elsewhere the ImportError is the logged reason and the reference runs
-
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 @contextmanager
 def _build_lock(folder: Path, name: str) -> Iterator[None]:
     """Hold the lock on building `folder`, waiting at most $CLIPSONIC_BUILD_TIMEOUT s for a live holder."""
     timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(lock_path(folder), os.O_RDWR | os.O_CREAT, 0o644)
+
+    def waiting(holder: LockHolder) -> None:
+        log.info("waiting for %s, which is building the %s extension in %s (at most %g s; %s sets that)",
+                 holder.process, name, folder, timeout, TIMEOUT_VARIABLE)
+
     try:
-        if not _try_lock(descriptor):
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "(pid unknown)"
-            log.info("waiting for process %s, which is building the %s extension in %s (at most %g s; %s sets that)",
-                     holder, name, folder, timeout, TIMEOUT_VARIABLE)
-            deadline = time.monotonic() + timeout
-            while not _try_lock(descriptor):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"process {holder} was still building it in {folder} after {timeout:g} s "
-                                       f"(${TIMEOUT_VARIABLE})")
-                time.sleep(_POLL_S)
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-        try:
+        with exclusive_lock(lock_path(folder), timeout, _POLL_S, waiting):
             yield
-        finally:
-            os.ftruncate(descriptor, 0)  # so that a later waiter never names a finished process
-    finally:
-        os.close(descriptor)  # releases the flock, as the kernel does when the holder dies
+    except LockHeld as held:
+        raise TimeoutError(f"{held.holder.process} was still building it in {folder} after {timeout:g} s "
+                           f"(${TIMEOUT_VARIABLE})") from None
 
 
 def _ninja_on_path() -> None:
