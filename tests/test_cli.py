@@ -20,7 +20,7 @@ def test_help_lists_only_built_commands():
     commands = done.stdout.split("positional arguments:")[1].split("options:")[0]
     listed = {line.split()[0] for line in commands.splitlines() if re.match(r"^    \S", line)}
     assert listed == {"make-demo-data", "demo", "preprocess", "train", "train-prior", "train-vocoder", "sample", "eval",
-                      "weights", "bench"}
+                      "weights", "bench", "listen"}
 
 
 def test_weights_list_shows_every_entry_with_source_and_licence(tmp_path):
