@@ -726,7 +726,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     if checkpoint is None:
         raise ClipsonicError(f"no CLIP checkpoint: pass --clip, or put ViT-L-14.pt in {manifest.user_folder()} "
                              f"(see 'clipsonic weights list')")
-    clip = load_clip(checkpoint, dtype=runtime.resolve_dtype(args.dtype), device=runtime.resolve_device(args.device))
+    device = runtime.resolve_device(args.device)
+    clip = load_clip(checkpoint, dtype=runtime.resolve_dtype(args.dtype, device), device=device)
     summary = preprocess(args.videos, args.out, clip, labels=labels, settings=settings, workers=args.workers,
                          clip_checkpoint=checkpoint, retry_skipped=args.retry_skipped,
                          progress=not (args.no_progress or args.quiet))
@@ -883,7 +884,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from clipsonic import runtime
     from clipsonic.audio import playable, save_audio
-    from clipsonic.pipeline import MAX_SEED, NonFiniteOutput, Pipeline
+    from clipsonic.pipeline import NonFiniteOutput, Pipeline, fresh_seed
 
     if args.text is not None and not args.text.strip():
         args.usage_error("--text is empty")
@@ -910,7 +911,7 @@ def _sample(args: argparse.Namespace) -> int:
     if why:
         log.info("%s", why)
     variant = args.variant or pipeline.default_variant(image)
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (MAX_SEED + 1))
+    seed = args.seed if args.seed is not None else fresh_seed()
     chunk = pipeline.chunk_size(args.seconds)
     chunks = -(-args.batch // chunk)
     if chunks > 1:
@@ -1013,7 +1014,8 @@ def _eval(args: argparse.Namespace) -> int:
     config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
                         seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
     dataset = Dataset(args.dataset, split="test")
-    device, dtype = runtime.resolve_device(args.device), runtime.resolve_dtype(args.dtype)
+    device = runtime.resolve_device(args.device)
+    dtype = runtime.resolve_dtype(args.dtype, device)
     vggish = load_vggish(vggish_path(args.vggish), dtype=dtype, device=device)
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
@@ -1072,7 +1074,8 @@ def _eval_fad(args: argparse.Namespace) -> int:
     from clipsonic.runtime import resolve_device, resolve_dtype
     from clipsonic.vggish import load_vggish
 
-    vggish = load_vggish(vggish_path(args.vggish), dtype=resolve_dtype(args.dtype), device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    vggish = load_vggish(vggish_path(args.vggish), dtype=resolve_dtype(args.dtype, device), device=device)
     (stats_a, files_a), (stats_b, files_b) = folder_statistics(args.a, vggish), folder_statistics(args.b, vggish)
     if args.save_stats is not None:
         for name, stats in (("A", stats_a), ("B", stats_b)):

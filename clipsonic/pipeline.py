@@ -61,6 +61,11 @@ def check_settings(guidance: float = 1.5, sampler: str = "dpm++", steps: int = 2
         raise SettingError("batch", batch, "must be at least 1")
 
 
+def fresh_seed() -> int:
+    """A random seed in [0, MAX_SEED], for a run that was given none (and says which it used)."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] % (MAX_SEED + 1))
+
+
 class NonFiniteOutput(ClipsonicError):
     """The model produced NaN or Inf: nothing is written."""
 
@@ -264,7 +269,7 @@ class Pipeline:
         variant = variant or self.default_variant(image)
         check_settings(guidance, sampler, steps, seconds, seed, batch, self.spectrogram.diffusion_steps)
         if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] % (MAX_SEED + 1))
+            seed = fresh_seed()
         if text is not None:
             warning = self.unfamiliar_prompt(text)
             if warning:

@@ -257,3 +257,14 @@ def test_bigvgan_vocoder(models, tmp_path):
     assert griffin.returncode == 0 and not np.array_equal(soundfile.read(tmp_path / "g.wav")[0], wav)
     wrong = sample(models, "--text", "rain", "--vocoder", str(tmp_path / "voc64.pt"), "-o", str(tmp_path / "w.wav"))
     assert wrong.returncode == 1 and "the vocoder expects 64 mels" in wrong.stderr
+
+
+def test_auto_precision_follows_the_cpu():
+    from clipsonic import runtime
+
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if runtime.cpu_bf16_support() else torch.float32
+    assert runtime.resolve_dtype("auto", cpu) == expected
+    assert runtime.auto_dtype(torch.device("cuda"))[0] == "fp32"  # not yet measured on a GPU
+    with pytest.raises(ValueError, match="needs the device"):
+        runtime.resolve_dtype("auto")
