@@ -2,10 +2,11 @@
 
 Layout (all arrays little-endian ``.npy``, float16 to halve the disk footprint)::
 
-    dataset.json          {"format": "clipsonic.dataset", "version": 1, "mel": MelConfig,
+    dataset.json          {"format": "clipsonic.dataset", "version": 2, "mel": MelConfig,
                            "embed_dim": D, "clip": {...} | null, "text_template": "a photo of {label}",
-                           "source_root": the folder the clips' `source` paths are relative to}
-    clips.jsonl           one JSON record per clip (see `ClipRecord`)
+                           "sources": [the video folders the clips' `source` paths are relative to],
+                           "source_root": sources[0] (what version 1 had), "runs": [one entry per run]}
+    clips.jsonl           one JSON record per clip (see `ClipRecord`); `root` indexes `sources`
     shards/mel-NNNNN.npy  [n_mels, frames]   the log-mels of a shard's clips, end to end in time
     shards/emb-NNNNN.npy  [images, D]        CLIP image embeddings of the clips' frames, in order
     labels.npz            labels [L] (str), text_embeddings [L, D], token_encodings [L, 77, W]:
@@ -19,6 +20,11 @@ arrays are written (atomically, under a number no earlier shard file had) before
 appended to clips.jsonl, so a reader never sees a record whose data is incomplete, and an
 interrupted writer resumes by skipping the ids already listed. `Dataset` checks at open that ids
 are unique and that every record's ranges lie inside its shards and overlap no other record's.
+
+A dataset can hold the videos of several folders (`DatasetWriter(add_source=True)`): a clip's id
+is its path below its folder for the first, ``k:path`` for the k-th added one (k >= 1). Relabelling
+rewrites clips.jsonl in one atomic replace, as does `DatasetWriter.absorb`, which merges the part
+datasets of a multi-rank run.
 """
 
 from __future__ import annotations
@@ -29,19 +35,20 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from clipsonic.audio import MelConfig
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.fileio import LockHeld, atomic_path, exclusive_lock, temporary_files, write_json_atomic
 
 log = logging.getLogger(__name__)
 DATASET_FORMAT = "clipsonic.dataset"
-DATASET_VERSION = 1
+DATASET_VERSION = 2  # 2: "sources" and the records' "root" (version 1 reads as one source)
 TEXT_TEMPLATE = "a photo of {label}"
 LOCK_NAME = ".lock"
 _SHARD_NAME = re.compile(r"(mel|emb)-(\d+)\.npy")
@@ -77,6 +84,7 @@ class ClipRecord:
     mel_frames: int
     frame_offset: int  # first row of this clip in the shard's embedding array
     frame_times: tuple[float, ...]  # seconds, one per embedded video frame
+    root: int = 0  # which of the dataset's `sources` folders `source` is relative to
 
     @property
     def frame_count(self) -> int:
@@ -112,7 +120,7 @@ class Dataset:
         self.mel_config = MelConfig.from_dict(self.info["mel"])
         self.embed_dim = int(self.info["embed_dim"])
         self.text_template = self.info.get("text_template", TEXT_TEMPLATE)
-        self.source_root = Path(self.info["source_root"]) if self.info.get("source_root") else None
+        self.sources = dataset_sources(self.info)
         records = read_records(self.folder / "clips.jsonl")
         self._verify(records)
         self.records = [r for r in records if split is None or r.split == split]
@@ -121,6 +129,17 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def source_root(self) -> Path | None:
+        """The first video folder (the only one, unless videos of others were added)."""
+        return self.sources[0] if self.sources else None
+
+    def source_path(self, record: ClipRecord) -> Path | None:
+        """The video (or audio) file a clip was made from; None when the dataset does not say where."""
+        if record.root >= len(self.sources):
+            return None
+        return self.sources[record.root] / record.source
 
     def _verify(self, records: list[ClipRecord]) -> None:
         """Fail on records that are listed twice, point outside their shards or share rows of one.
@@ -208,6 +227,18 @@ class Dataset:
         return labels["text_embeddings"][matches[0]].astype(np.float32)
 
 
+def dataset_sources(info: dict) -> list[Path]:
+    """The video folders of a dataset.json (version 1 names one, as source_root, or none)."""
+    if info.get("sources"):
+        return [Path(folder) for folder in info["sources"]]
+    return [Path(info["source_root"])] if info.get("source_root") else []
+
+
+def clip_id(root: int, source: str) -> str:
+    """The id of the clip made from `source` (a POSIX path below the dataset's `root`-th video folder)."""
+    return source if root == 0 else f"{root}:{source}"
+
+
 def _span(record: ClipRecord, kind: str) -> tuple[int, int]:
     """(first, count) of the record's columns in its mel shard or rows in its embedding shard."""
     return (record.mel_offset, record.mel_frames) if kind == "mel" else (record.frame_offset, record.frame_count)
@@ -247,35 +278,39 @@ class DatasetWriter:
 
     The writer holds the folder's lock from construction to `close()` (or the end of a `with`
     block, which also flushes): a second writer, in any process, raises a `ClipsonicError` naming
-    this one's pid."""
+    this one's pid. `source_root` is the video folder the clips come from; an existing dataset of
+    another folder takes it only with `add_source` (as a further source: `root_index`)."""
 
     def __init__(self, folder: str | os.PathLike, mel_config: MelConfig, embed_dim: int,
                  clip_info: dict | None = None, shard_clips: int = 256,
-                 source_root: str | os.PathLike | None = None) -> None:
+                 source_root: str | os.PathLike | None = None, add_source: bool = False) -> None:
         self.folder = Path(folder)
         self.mel_config, self.embed_dim, self.shard_clips = mel_config, embed_dim, shard_clips
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(dataset_lock(self.folder))  # before anything in the folder is read or written
         try:
-            self._open(clip_info, source_root)
+            self._open(clip_info, source_root, add_source)
         except BaseException:
             self._lock.close()
             raise
 
-    def _open(self, clip_info: dict | None, source_root: str | os.PathLike | None) -> None:
+    def _open(self, clip_info: dict | None, source_root: str | os.PathLike | None, add_source: bool) -> None:
         (self.folder / "shards").mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "dataset.json"
+        root = None if source_root is None else str(Path(source_root).resolve())
         info = {"format": DATASET_FORMAT, "version": DATASET_VERSION, "mel": self.mel_config.to_dict(),
                 "embed_dim": self.embed_dim, "clip": clip_info, "text_template": TEXT_TEMPLATE,
-                "source_root": None if source_root is None else str(Path(source_root).resolve())}
+                "sources": [] if root is None else [root], "source_root": root, "runs": []}
         if info_path.is_file():
             existing = Dataset(self.folder)
             if existing.mel_config != self.mel_config or existing.embed_dim != self.embed_dim:
                 raise ClipsonicError(f"{self.folder}: holds a dataset with other mel settings or embedding size")
-            self.info = existing.info
+            self.info = {**existing.info, "version": DATASET_VERSION,
+                         "sources": [str(folder) for folder in existing.sources]}
         else:
             write_json_atomic(info_path, info)
             self.info = info
+        self.root_index = self._source_index(root, add_source)
         drop_partial_last_line(self.folder / "clips.jsonl")
         records = read_records(self.folder / "clips.jsonl")
         self.done = {record.id for record in records}
@@ -283,6 +318,77 @@ class DatasetWriter:
         self._next_shard = 1 + max([r.shard for r in records] + list(files), default=-1)
         self._remove_leftovers(files, {record.shard for record in records})
         self._pending: list[tuple[dict, np.ndarray, np.ndarray]] = []
+
+    def _source_index(self, root: str | None, add_source: bool) -> int:
+        """Where `root` is in the dataset's sources, added (and dataset.json rewritten) if it is new."""
+        sources = self.info["sources"]
+        if root is None or root in sources:
+            return 0 if root is None else sources.index(root)
+        if sources and not add_source:
+            raise ParameterError(f"{self.folder}: holds clips of {sources[0]}"
+                                 + (f" (and {len(sources) - 1} more folder(s))" if len(sources) > 1 else "")
+                                 + f", not of {root}; use another output folder, or {{option}} to add its videos",
+                                 "add_source")
+        sources.append(root)
+        self._write_info()
+        return len(sources) - 1
+
+    def _write_info(self) -> None:
+        self.info["source_root"] = self.info["sources"][0] if self.info["sources"] else None
+        write_json_atomic(self.folder / "dataset.json", self.info)
+
+    def record_run(self, entry: dict) -> None:
+        """Add one entry (what a run did, with which labels file) to dataset.json's "runs"."""
+        self.info.setdefault("runs", []).append(entry)
+        self._write_info()
+
+    def records(self) -> list[ClipRecord]:
+        """The clips listed so far (queued ones not yet flushed are not)."""
+        return read_records(self.folder / "clips.jsonl")
+
+    def relabel(self, changes: dict[str, tuple[str | None, str]]) -> int:
+        """Give listed clips a new (label, split): clips.jsonl rewritten in one atomic replace."""
+        self.flush()
+        records = self.records()
+        updated = [dataclasses.replace(record, label=changes[record.id][0], split=changes[record.id][1])
+                   if record.id in changes else record for record in records]
+        count = sum(new != old for new, old in zip(updated, records))
+        if count:
+            write_records(self.folder / "clips.jsonl", updated)
+        return count
+
+    def absorb(self, parts: Sequence[str | os.PathLike], order: Callable[[ClipRecord], object] | None = None) -> int:
+        """Merge the clips of the dataset folders `parts` (a multi-rank run's) that this one lacks.
+
+        Shard files are hard-linked (or copied) under new numbers, frames moved, and clips.jsonl is
+        replaced once, atomically: a merge killed before that leaves this dataset as it was (its
+        new shard files are leftovers the next writer removes) and the parts intact, so it is
+        simply done again. New records are listed in `order` (by default the parts' order)."""
+        self.flush()
+        records = self.records()
+        added: list[ClipRecord] = []
+        for part in map(Path, parts):
+            dataset = Dataset(part)
+            if dataset.mel_config != self.mel_config or dataset.embed_dim != self.embed_dim or \
+                    (dataset.info.get("clip") or {}).get("config") != (self.info.get("clip") or {}).get("config"):
+                raise ClipsonicError(f"{part}: was made with other settings than {self.folder}")
+            fresh = [record for record in dataset.records if record.id not in self.done]
+            for shard in sorted({record.shard for record in fresh}):
+                for kind in ("mel", "emb"):
+                    _link_or_copy(shard_path(part, kind, shard), shard_path(self.folder, kind, self._next_shard))
+                added += [dataclasses.replace(record, shard=self._next_shard) for record in fresh
+                          if record.shard == shard]
+                self._next_shard += 1
+            for record in fresh:
+                frames = part / "frames" / f"{record.id}.npy"
+                if frames.is_file():
+                    target = self.folder / "frames" / f"{record.id}.npy"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(frames, target)
+            self.done.update(record.id for record in fresh)
+        if added:
+            write_records(self.folder / "clips.jsonl", records + (sorted(added, key=order) if order else added))
+        return len(added)
 
     def _shard_files(self) -> dict[int, list[Path]]:
         """shard number -> its files in shards/."""
@@ -316,14 +422,15 @@ class DatasetWriter:
             self.close()
 
     def add(self, clip_id: str, source: str, mel: np.ndarray, embeddings: np.ndarray,
-            frame_times: Sequence[float], label: str | None, split: str, duration: float) -> None:
-        """Queue one clip: mel [n_mels, frames], embeddings [N, D] for the N `frame_times`."""
+            frame_times: Sequence[float], label: str | None, split: str, duration: float, root: int = 0) -> None:
+        """Queue one clip: mel [n_mels, frames], embeddings [N, D] for the N `frame_times`; `source` is
+        relative to the dataset's `root`-th video folder."""
         if mel.ndim != 2 or mel.shape[0] != self.mel_config.n_mels:
             raise ValueError(f"mel of {clip_id} must be [{self.mel_config.n_mels}, frames], got {mel.shape}")
         if embeddings.shape != (len(frame_times), self.embed_dim):
             raise ValueError(f"embeddings of {clip_id} must be [{len(frame_times)}, {self.embed_dim}]")
         meta = {"id": clip_id, "source": source, "label": label, "split": split, "duration": float(duration),
-                "frame_times": tuple(float(t) for t in frame_times)}
+                "frame_times": tuple(float(t) for t in frame_times), "root": root}
         self._pending.append((meta, mel, embeddings))
         self.done.add(clip_id)
         if len(self._pending) >= self.shard_clips:
@@ -355,6 +462,21 @@ class DatasetWriter:
             with open(tmp, "wb") as handle:
                 np.savez(handle, labels=np.array(list(labels)), text_embeddings=text_embeddings.astype(np.float32),
                          token_encodings=token_encodings.astype(np.float16))
+
+
+def write_records(path: Path, records: Iterable[ClipRecord]) -> None:
+    """Replace clips.jsonl with `records`, atomically (readers see the old list or the new one)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(record.to_json() + "\n" for record in records), encoding="utf-8")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` with `source`'s content, sharing its blocks where the file system can (no copy)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
 
 
 def append_lines(path: Path, lines: Iterable[str]) -> None:

@@ -19,3 +19,18 @@ class ConfigError(ClipsonicError):
 
 class Interrupted(ClipsonicError):
     """SIGINT or SIGTERM arrived; what was done so far was saved first."""
+
+
+class ParameterError(ClipsonicError):
+    """One argument of a library call must change (or be given) for it to go on.
+
+    The message is a template with an ``{option}`` slot: a library caller reads the parameter
+    (``allow_unlabelled=True``), the CLI the flag that sets it (``--allow-unlabelled``)."""
+
+    def __init__(self, template: str, parameter: str, value: object = True) -> None:
+        self.template, self.parameter, self.value = template, parameter, value
+        super().__init__(template.format(option=f"{parameter}={value!r}"))
+
+    def for_cli(self) -> str:
+        flag = "--" + self.parameter.replace("_", "-")
+        return self.template.format(option=flag if self.value is True else f"{flag} {self.value}")

@@ -101,10 +101,10 @@ def real_audio(dataset: Dataset, record: ClipRecord, sample_rate: int) -> np.nda
     """The clip's soundtrack, mono at `sample_rate`, from its source file."""
     from clipsonic.media import decode_audio
 
-    if dataset.source_root is None:
+    path = dataset.source_path(record)
+    if path is None:
         raise ClipsonicError(f"{dataset.folder}: the dataset does not record where its videos are, so the real "
                              f"audio cannot be read")
-    path = dataset.source_root / record.source
     if not path.is_file():
         raise ClipsonicError(f"{path}: the source video of test clip {record.id} is gone")
     return decode_audio(path, sample_rate)

@@ -109,15 +109,16 @@ def with_weight_norm(model: BigVGAN) -> BigVGAN:
 
 def find_audio(folder: Path) -> list[Path]:
     """The audio (or video) files to train on: those in `folder`, or — for a dataset folder —
-    the training split's source files, found through the dataset's ``source_root``."""
+    the training split's source files, found through the dataset's ``sources`` (every folder its videos came from)."""
     if (folder / "dataset.json").is_file():
         from clipsonic.data import Dataset
 
         dataset = Dataset(folder, split="train")
-        if dataset.source_root is None:
+        paths = [dataset.source_path(record) for record in dataset.records]
+        if not dataset.sources or None in paths:
             raise ClipsonicError(f"{folder}: the dataset does not record where its source files are; "
-                                 "pass their folder instead")
-        files = sorted({dataset.source_root / record.source for record in dataset.records})
+                                 "give their folder instead")
+        files = sorted(set(paths))
         missing = [str(path) for path in files if not path.is_file()]
         if missing:
             raise ClipsonicError(f"{folder}: {len(missing)} source file(s) are gone, e.g. {missing[0]}")

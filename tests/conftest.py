@@ -29,6 +29,25 @@ def _reset_cli_state():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def clip_file(tmp_path_factory):
+    """A random-weight tiny CLIP checkpoint (text width = embedding size, as the prior needs)."""
+    import torch
+
+    from clipsonic.clip import CLIP, CLIPConfig, save_clip
+
+    torch.manual_seed(0)
+    config = CLIPConfig.preset("tiny").replace(text_width=64)
+    return save_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.pt", CLIP(config).eval())
+
+
+@pytest.fixture(scope="session")
+def clip_model(clip_file):
+    from clipsonic.clip import load_clip
+
+    return load_clip(clip_file)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -15,7 +15,7 @@ import torch
 
 from clipsonic import cli, media
 from clipsonic.audio import MelConfig, mel_spectrogram
-from clipsonic.clip import CLIP, CLIPConfig, preprocess_image, save_clip
+from clipsonic.clip import CLIP, CLIPConfig, preprocess_image
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError
 from clipsonic.preprocess import PreprocessConfig, frame_times, preprocess, read_skipped
@@ -45,20 +45,6 @@ def videos(tmp_path_factory):
     (folder / "notes.txt").write_text("not a video")
     (folder / ".partial.mp4").write_bytes(b"")  # hidden: a download in progress
     return folder
-
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory):
-    torch.manual_seed(0)
-    config = CLIPConfig.preset("tiny").replace(text_width=64)  # the prior needs text width = embedding size
-    return save_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.pt", CLIP(config).eval())
-
-
-@pytest.fixture(scope="module")
-def clip_model(clip_file):
-    from clipsonic.clip import load_clip
-
-    return load_clip(clip_file)
 
 
 @pytest.fixture(scope="module")
