@@ -61,7 +61,7 @@ from clipsonic.prior import text_condition
 with torch.inference_mode():
     text_embed, encodings = text_condition(pipeline.clip, tokens)
 stage("text encoding")
-query = pipeline.prior_embedding(tokens, "sd", 0)
+query = pipeline.query(text=text, variant="sd", seed=0)
 stage("prior (64 DDIM steps, 2 candidates)")
 mel = pipeline.generate_mel(query, seed=0)
 stage("UNet (DPM-Solver++ 25 steps, guided)")

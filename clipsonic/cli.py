@@ -18,6 +18,7 @@ from pathlib import Path
 
 from clipsonic import __version__
 from clipsonic.errors import ClipsonicError, Interrupted, ParameterError
+from clipsonic.variants import IMAGE, VARIANTS
 
 log = logging.getLogger("clipsonic")
 
@@ -412,10 +413,10 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     query = sample.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help='text query, e.g. "a photo of rain"')
     query.add_argument("--image", type=Path, help="image query (png, jpg, webp, ...)")
-    sample.add_argument("--variant", choices=["iq", "zs", "pd", "sd"],
+    sample.add_argument("--variant", choices=list(VARIANTS),
                         help="iq: image embedding; zs: text embedding; pd/sd: image embedding drawn from the text by "
-                             "LAION's prior / a prior from train-prior (default: iq for --image; for --text sd or pd "
-                             "when --prior is given, else zs)")
+                             "LAION's prior / a prior from train-prior; tta: a UNet trained with --text-cond (default: "
+                             "iq for --image; for --text sd or pd when --prior is given, else zs, or tta)")
     _add_model_options(sample)
     sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
     _add_sampling_options(sample)
@@ -912,8 +913,8 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.text is not None and not args.text.strip():
         args.usage_error("--text is empty")
-    if args.variant is not None and (args.variant == "iq") != (args.image is not None):
-        args.usage_error(f"--variant {args.variant} needs {'--image' if args.variant == 'iq' else '--text'}")
+    if args.variant is not None and (VARIANTS[args.variant].query == IMAGE) != (args.image is not None):
+        args.usage_error(f"--variant {args.variant} needs {'--image' if args.image is None else '--text'}")
     _check_settings(args)
     if args.loudness is not None and not (math.isfinite(args.loudness) and -70 <= args.loudness <= 0):
         args.usage_error(f"--loudness {args.loudness}: must be between -70 and 0 LUFS (e.g. -23, -16 or -14)")
@@ -1027,7 +1028,8 @@ def _generation_dtype(args: argparse.Namespace, device):
 def _eval(args: argparse.Namespace) -> int:
     from clipsonic import runtime
     from clipsonic.data import Dataset
-    from clipsonic.evaluate import MODELS, EvalConfig, Evaluator, evaluate, vggish_path
+    from clipsonic.evaluate import EvalConfig, Evaluator, evaluate, vggish_path
+    from clipsonic.variants import PRIOR_KINDS
     from clipsonic.pipeline import Pipeline
     from clipsonic.vggish import load_vggish
 
@@ -1056,12 +1058,13 @@ def _eval(args: argparse.Namespace) -> int:
     available = evaluator.available_variants()
     variants = available if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
     for variant in variants:
-        if variant not in MODELS or variant == "reconstruction":
-            args.usage_error(f"--variants: unknown variant {variant!r} (choose from iq, zs, pd, sd, tta)")
+        if variant not in VARIANTS:
+            args.usage_error(f"--variants: unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
         if variant not in available:
-            needs = {"pd": "LAION's prior (--prior)", "sd": "a prior from train-prior (--prior)",
-                     "tta": "--tta-checkpoint"}
-            args.usage_error(f"--variants: {variant} needs {needs[variant]}")
+            chosen = VARIANTS[variant]
+            needs = f"{PRIOR_KINDS[chosen.prior]} (--prior)" if chosen.prior else \
+                f"a UNet trained on {chosen.trained_on} embeddings (--tta-checkpoint, from train --text-cond)"
+            args.usage_error(f"--variants: {variant} needs {needs}")
     bar = None
     if not (args.no_progress or args.quiet):
         from tqdm import tqdm

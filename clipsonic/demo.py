@@ -301,9 +301,8 @@ def _tally(predicted: list[str], labels: list[str], per_class: int) -> dict:
 def quality_gate(pipeline, recipe: DemoRecipe = DemoRecipe(), variants=GATE_VARIANTS, progress: bool = False) -> dict:
     """Per variant and class, how many of `gate_samples` generated clips the held-out classifier
     assigns to the class; ``passed`` is the gate (SD and IQ at least 80 % in every class)."""
-    from clipsonic.clip import preprocess_image
     from clipsonic.synthetic import CLASSES, class_picture, clip_audio, plan_clips
-    from clipsonic.tokenizer import tokenize
+    from clipsonic.variants import IMAGE, VARIANTS, query_embeddings
 
     mel_config = pipeline.spectrogram.mel_config
     classifier = held_out_classifier(recipe, mel_config)
@@ -317,16 +316,12 @@ def quality_gate(pipeline, recipe: DemoRecipe = DemoRecipe(), variants=GATE_VARI
         predicted, labels = [], []
         for class_index, label in enumerate(CLASSES):
             seed = recipe.seed + 1000 * class_index
-            with torch.inference_mode():
-                if variant == "iq":
-                    pixels = preprocess_image(class_picture(label, seed=recipe.seed),
-                                              pipeline.clip.config.image_resolution)[None]
-                    query = pipeline.clip.encode_image(pixels.to(pipeline.device))
-                else:
-                    tokens = tokenize([f"a photo of {label}"] * (count if variant == "sd" else 1),
-                                      pipeline.clip.config.context_length).to(pipeline.device)
-                    query = pipeline.prior_embedding(tokens, variant, seed) if variant == "sd" \
-                        else pipeline.clip.encode_text(tokens)
+            # One picture for IQ; for the text variants one query per sample (a prior draws each anew).
+            queries = {"images": [class_picture(label, seed=recipe.seed)]} if VARIANTS[variant].query == IMAGE else \
+                {"texts": [CAPTION_TEMPLATES[0].format(label=label)] * count}
+            query = query_embeddings(variant, pipeline.clip, prior=pipeline.prior, seed=seed, batch=count,
+                                     prior_steps=pipeline.prior_steps, prior_candidates=pipeline.prior_candidates,
+                                     **queries)
             mel = pipeline.generate_mel(query, recipe.gate_guidance, "dpm++", recipe.gate_steps, recipe.gate_seconds,
                                         seed, batch=count)
             wavs = pipeline.vocode(mel, recipe.gate_seconds, seed=seed)

@@ -28,9 +28,10 @@ class ParameterError(ClipsonicError):
     (``allow_unlabelled=True``), the CLI the flag that sets it (``--allow-unlabelled``)."""
 
     def __init__(self, template: str, parameter: str, value: object = True) -> None:
+        """`value` None: the slot names the parameter alone (``prior`` / ``--prior``)."""
         self.template, self.parameter, self.value = template, parameter, value
-        super().__init__(template.format(option=f"{parameter}={value!r}"))
+        super().__init__(template.format(option=parameter if value is None else f"{parameter}={value!r}"))
 
     def for_cli(self) -> str:
         flag = "--" + self.parameter.replace("_", "-")
-        return self.template.format(option=flag if self.value is True else f"{flag} {self.value}")
+        return self.template.format(option=flag if self.value in (True, None) else f"{flag} {self.value}")

@@ -32,19 +32,11 @@ from clipsonic.data import ClipRecord, Dataset
 from clipsonic.errors import ClipsonicError
 from clipsonic.fileio import atomic_path, write_json_atomic, write_text_atomic
 from clipsonic.pipeline import check_finite
+from clipsonic.variants import IMAGE, TEXT, VARIANTS, available, get_variant, query_embeddings
 
 log = logging.getLogger(__name__)
 
-# Paper Table 1: name, trained without text-audio pairs, training and inference query modality.
-MODELS = {
-    "iq": ("CLIPSonic-IQ (image-queried)", "-", "image", "image"),
-    "zs": ("CLIPSonic-ZS (zero-shot modality transfer)", "yes", "image", "text"),
-    "pd": ("CLIPSonic-PD (pretrained diffusion prior)", "yes", "image", "text"),
-    "sd": ("CLIPSonic-SD (supervised diffusion prior)", "no", "image", "text"),
-    "tta": ("CLIP-TTA", "no", "text", "text"),
-    "reconstruction": ("mel spectrogram reconstruction", "-", "-", "-"),
-}
-TEXT_VARIANTS = ("zs", "pd", "sd", "tta")
+RECONSTRUCTION = "reconstruction"  # Table 1's floor row: the real test mels through the vocoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,16 +110,14 @@ class Evaluator:
         self.pipeline, self.dataset, self.vggish, self.config = pipeline, dataset, vggish, config
         self.tta, self.progress = tta, progress
         self.queries = plan_queries(dataset, config.samples, config.seed)
-        self._text_embeddings: dict[str, torch.Tensor] = {}
         self._conditions: dict[str, torch.Tensor] = {}
 
     def available_variants(self) -> list[str]:
-        variants = ["iq", "zs"]
-        if self.pipeline.prior is not None:
-            variants.append("sd" if self.pipeline.prior.origin == "trained" else "pd")
+        """The variants the loaded models can generate (tta: with the CLIP-TTA UNet given)."""
+        names = available(self.pipeline.spectrogram.condition, self.pipeline.prior)
         if self.tta is not None:
-            variants.append("tta")
-        return variants
+            names += [name for name in available(self.tta.condition) if name not in names]
+        return names
 
     # ------------------------------------------------------------ query embeddings
 
@@ -140,43 +130,20 @@ class Evaluator:
 
     def condition(self, variant: str) -> torch.Tensor:
         """The K conditioning embeddings [K, D] of a variant (drawn once, reused across guidance weights)."""
-        if variant in self._conditions:
-            return self._conditions[variant]
-        from clipsonic.tokenizer import tokenize
-
-        if variant == "iq":
-            condition = self.image_embeddings()
-        elif variant == "tta":  # what train --text-cond trained on: the stored text embeddings
-            condition = torch.from_numpy(np.stack([self.dataset.text_embedding(q.label) for q in self.queries]))
-        elif variant == "zs":
-            condition = torch.cat([self._text_embedding(text) for text in self._texts()])
-        elif variant in ("pd", "sd"):
-            texts, draws = self._texts(), []
-            for start in range(0, len(texts), self.config.batch):
-                tokens = tokenize(texts[start:start + self.config.batch], self.pipeline.clip.config.context_length)
-                with torch.inference_mode():
-                    draws.append(self.pipeline.prior_embedding(tokens.to(self.pipeline.device), variant,
-                                                               self.config.seed + start).float().cpu())
-            condition = torch.cat(draws)
-        else:
-            raise ClipsonicError(f"unknown variant {variant!r} (choose from {', '.join(MODELS)})")
-        self._conditions[variant] = condition.float()
+        if variant not in self._conditions:
+            chosen = get_variant(variant)
+            queries = {"image_embeddings": self.image_embeddings()} if chosen.query == IMAGE else {"texts": self._texts()}
+            self._conditions[variant] = query_embeddings(
+                chosen, self.pipeline.clip, prior=self.pipeline.prior, seed=self.config.seed, batch=self.config.batch,
+                prior_steps=self.pipeline.prior_steps, prior_candidates=self.pipeline.prior_candidates,
+                **queries).cpu()
         return self._conditions[variant]
-
-    def _text_embedding(self, text: str) -> torch.Tensor:
-        if text not in self._text_embeddings:
-            from clipsonic.tokenizer import tokenize
-
-            tokens = tokenize([text], self.pipeline.clip.config.context_length).to(self.pipeline.device)
-            with torch.inference_mode():
-                self._text_embeddings[text] = self.pipeline.clip.encode_text(tokens).float().cpu()
-        return self._text_embeddings[text]
 
     def cosine_similarities(self, variants: Sequence[str]) -> dict[str, float]:
         """Paper Table 2: mean cos(query, the clip's real image embedding) for ZS, PD and SD."""
         target = self.image_embeddings()
         return {variant: float(torch.nn.functional.cosine_similarity(self.condition(variant), target).mean())
-                for variant in variants if variant in ("zs", "pd", "sd")}
+                for variant in variants if VARIANTS[variant].query == TEXT and VARIANTS[variant].trained_on == IMAGE}
 
     # ------------------------------------------------------------ audio and FAD
 
@@ -189,7 +156,9 @@ class Evaluator:
                              save_to: Path | None = None) -> np.ndarray:
         """VGGish embeddings of the K samples of a variant at one guidance weight."""
         condition = self.condition(variant)
-        pipeline = self.pipeline if variant != "tta" else dataclasses.replace(self.pipeline, spectrogram=self.tta)
+        trained_on = VARIANTS[variant].trained_on
+        pipeline = self.pipeline if self.pipeline.spectrogram.condition == trained_on else \
+            dataclasses.replace(self.pipeline, spectrogram=self.tta)
         config, rows = self.config, []
         for start in range(0, len(condition), config.batch):
             chunk = condition[start:start + config.batch]
@@ -294,7 +263,7 @@ def evaluate(evaluator: Evaluator, variants: Sequence[str], out: Path, save_audi
             log.info("%s at w=%g: FAD %.3f", variant, guidance, fad)
     if reconstruction:
         embeddings = evaluator.reconstruction_embeddings()
-        scores.append(Score("reconstruction", None, frechet_distance_from_statistics(
+        scores.append(Score(RECONSTRUCTION, None, frechet_distance_from_statistics(
             *embedding_statistics(embeddings), *reference), len(embeddings)))
     cosine = evaluator.cosine_similarities(variants)
     vocoder = "BigVGAN" if evaluator.pipeline.vocoder is not None else "Griffin-Lim"
@@ -321,19 +290,23 @@ def table1(scores: Sequence[Score], guidance: float, vocoder: str) -> str:
     for score in scores:
         if score.guidance not in (None, guidance):
             continue
-        name, unpaired, training, inference = MODELS[score.variant]
-        if score.variant == "reconstruction":
-            name = f"{vocoder} {name}"
+        if score.variant == RECONSTRUCTION:
+            name, unpaired, training, inference = f"{vocoder} mel spectrogram reconstruction", "-", "-", "-"
+        else:
+            variant = VARIANTS[score.variant]
+            name, unpaired, training, inference = (variant.paper_name, variant.without_pairs, variant.trained_on,
+                                                   variant.query)
         lines.append(f"| {name} | {unpaired} | {training} | {inference} | {score.fad:.3f} | n/a |")
     return "\n".join(lines)
 
 
 def table2(cosine: dict[str, float]) -> str:
     """Paper Table 2: cosine similarities between query embeddings."""
-    computed = {"zs": "sim(q_text, q_img)", "pd": "sim(q̂_img, q_img)", "sd": "sim(q̂_img, q_img)"}
     lines = ["| Model | Similarity computed | Value |", "|---|---|---|"]
-    for variant, value in cosine.items():
-        lines.append(f"| {MODELS[variant][0].split(' (')[0]} | {computed[variant]} | {value:.3f} |")
+    for name, value in cosine.items():
+        variant = VARIANTS[name]
+        computed = "sim(q̂_img, q_img)" if variant.draws_from_prior else "sim(q_text, q_img)"
+        lines.append(f"| {variant.short_name} | {computed} | {value:.3f} |")
     return "\n".join(lines)
 
 
@@ -343,7 +316,7 @@ def sweep_table(scores: Sequence[Score], weights: Sequence[float]) -> str:
              "|---|" + "---|" * len(weights)]
     for variant in dict.fromkeys(s.variant for s in scores if s.guidance is not None):
         by_weight = {s.guidance: s.fad for s in scores if s.variant == variant}
-        lines.append(f"| {MODELS[variant][0]} | " + " | ".join(f"{by_weight[w]:.3f}" for w in weights) + " |")
+        lines.append(f"| {VARIANTS[variant].paper_name} | " + " | ".join(f"{by_weight[w]:.3f}" for w in weights) + " |")
     return "\n".join(lines)
 
 
@@ -370,7 +343,7 @@ def plot_sweep(scores: Sequence[Score], path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for variant in dict.fromkeys(s.variant for s in scores if s.guidance is not None):
         points = sorted((s.guidance, s.fad) for s in scores if s.variant == variant)
-        axes.plot(*zip(*points), marker="o", label=MODELS[variant][0].split(" (")[0])
+        axes.plot(*zip(*points), marker="o", label=VARIANTS[variant].short_name)
     axes.set_xlabel("classifier-free guidance w")
     axes.set_ylabel("FAD (VGGish)")
     axes.legend()

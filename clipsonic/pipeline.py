@@ -1,10 +1,9 @@
 """Text or image in, audio out: CLIP query -> (prior) -> spectrogram diffusion -> vocoder.
 
-The `clipsonic sample` command is a thin shell over `Pipeline`. Variants (paper §2): ``iq``
-conditions on the CLIP embedding of an image, ``zs`` on the CLIP text embedding directly,
-``pd`` and ``sd`` on an image embedding that a diffusion prior draws from the text — LAION's
-pretrained prior (PD) or one trained on the dataset with `train-prior` (SD). A BigVGAN
-vocoder turns the mel into a waveform, or Griffin-Lim when none is given.
+The `clipsonic sample` command is a thin shell over `Pipeline.generate_chunks`. The variants
+(iq, zs, pd, sd, tta: paper §2) and how each turns a query into the UNet's condition are
+`clipsonic.variants`. A BigVGAN vocoder turns the mel into a waveform, or Griffin-Lim when none
+is given.
 """
 
 from __future__ import annotations
@@ -22,10 +21,9 @@ import torch
 from clipsonic.audio import griffin_lim
 from clipsonic.diffusion import GaussianDiffusion, Sampler, classifier_free_guidance
 from clipsonic.errors import ClipsonicError
+from clipsonic.variants import IMAGE, TEXT, default_variant, get_variant, missing, query_embeddings
 
 log = logging.getLogger(__name__)
-VARIANTS = ("iq", "zs", "pd", "sd")
-PRIOR_ORIGIN = {"pd": "laion", "sd": "trained"}
 
 MAX_SECONDS = 60.0  # one sample's longest length: the UNet's attention grows with the square of it
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; NumPy's are folded to 32 bits
@@ -157,44 +155,19 @@ class Pipeline:
         return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, vocoder=vocoder_model,
                    device=torch.device(device), demo=demo)
 
-    @torch.inference_mode()
     def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",
               seed: int | None = None) -> torch.Tensor:
-        """The CLIP embedding [1, D] the UNet is conditioned on."""
-        from clipsonic.clip import preprocess_image
-        from clipsonic.tokenizer import tokenize
-
-        if variant not in VARIANTS:
-            raise ClipsonicError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+        """The CLIP embedding [1, D] the UNet is conditioned on (`clipsonic.variants.query_embeddings`)."""
+        chosen = get_variant(variant)
         if (text is None) == (image is None):
             raise ClipsonicError("give exactly one of a text or an image")
-        if variant == "iq":
-            if image is None:
-                raise ClipsonicError("variant iq needs an image")
-            pixels = preprocess_image(image, self.clip.config.image_resolution)[None].to(self.device)
-            return self.clip.encode_image(pixels)
-        if text is None:
-            raise ClipsonicError(f"variant {variant} needs a text")
-        if not text.strip():
-            raise ClipsonicError("the text is empty")
-        tokens = tokenize([text], self.clip.config.context_length).to(self.device)
-        if variant in PRIOR_ORIGIN:
-            return self.prior_embedding(tokens, variant, seed)
-        return self.clip.encode_text(tokens)
-
-    def prior_embedding(self, tokens: torch.Tensor, variant: str, seed: int | None) -> torch.Tensor:
-        """The image embedding [B, D] the prior draws for the texts (best of `prior_candidates`)."""
-        from clipsonic.prior import text_condition
-
-        if self.prior is None:
-            raise ClipsonicError(f"variant {variant} needs a diffusion prior (--prior)")
-        if self.prior.origin != PRIOR_ORIGIN[variant]:
-            kinds = {"laion": "LAION's pretrained prior (variant pd)", "trained": "a prior from train-prior (variant sd)"}
-            raise ClipsonicError(f"variant {variant} needs {kinds[PRIOR_ORIGIN[variant]]}, but the prior given is "
-                                 f"{kinds[self.prior.origin]}")
-        text_embed, encodings = text_condition(self.clip, tokens)
-        generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
-        return self.prior.sample(text_embed, encodings, self.prior_candidates, self.prior_steps, generator)
+        problem = missing(chosen, self.spectrogram.condition, self.prior)
+        if problem:
+            raise problem
+        return query_embeddings(chosen, self.clip, texts=None if text is None else [text],
+                                images=None if image is None else [image], prior=self.prior,
+                                seed=seed if seed is not None else fresh_seed(), prior_steps=self.prior_steps,
+                                prior_candidates=self.prior_candidates)
 
     @torch.inference_mode()
     def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
@@ -242,12 +215,9 @@ class Pipeline:
         return wav if seconds is None else wav[:, : round(seconds * self.spectrogram.mel_config.sample_rate)]
 
     def default_variant(self, image: np.ndarray | None) -> str:
-        """iq for an image; for a text sd or pd when a prior is loaded, else zs."""
-        if image is not None:
-            return "iq"
-        if self.prior is not None:
-            return "sd" if self.prior.origin == "trained" else "pd"
-        return "zs"
+        """iq for an image; for a text the variant the loaded prior makes possible (sd, pd), else zs
+        (tta for a UNet trained on text embeddings)."""
+        return default_variant(IMAGE if image is not None else TEXT, self.spectrogram.condition, self.prior)
 
     def unfamiliar_prompt(self, text: str) -> str | None:
         """With the demo bundle, a warning for a text far from every class it learned, else None."""
