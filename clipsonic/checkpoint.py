@@ -144,3 +144,12 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.
     if problems:
         raise CheckpointError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=True)
+
+
+def verify_reload(model, reloaded, written: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Every tensor of `reloaded` (the model read back from `written`) must equal `model`'s, dtype included."""
+    theirs = reloaded.state_dict()
+    for name, tensor in model.state_dict().items():
+        copy = theirs.get(name)
+        if copy is None or copy.dtype != tensor.dtype or not torch.equal(copy, tensor):
+            raise CheckpointError(f"{written}: verification failed: {name} differs from {source}")

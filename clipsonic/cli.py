@@ -84,11 +84,16 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def _command_group(commands: argparse._SubParsersAction, name: str, summary: str, description: str,
+                   metavar: str = "ACTION") -> argparse._SubParsersAction:
+    """A command with sub-commands (`clipsonic NAME ACTION ...`): the sub-parsers to add its actions to."""
+    group = commands.add_parser(name, help=summary, description=description, formatter_class=_formatter)
+    return group.add_subparsers(dest=f"{name}_{metavar.lower()}", metavar=metavar, required=True)
+
+
 def _add_weights(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    weights = commands.add_parser("weights", help="list and verify model weight files",
-                                  description="List and verify the weight files named in the manifest.",
-                                  formatter_class=_formatter)
-    actions = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    actions = _command_group(commands, "weights", "list and verify model weight files",
+                             "List and verify the weight files named in the manifest.")
     folder_help = ("folder holding downloaded official files; repeatable "
                    "(default: $CLIPSONIC_WEIGHTS or ~/.cache/clipsonic/weights)")
 
@@ -131,11 +136,9 @@ def _add_weights(commands: argparse._SubParsersAction, common: argparse.Argument
 
 
 def _add_bench(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    bench = commands.add_parser("bench", help="time our fast paths against their references",
-                                description="Time our fast paths against a reference measured in the same run; "
-                                            "prints a Markdown table (ratio > 1 means ours is faster).",
-                                formatter_class=_formatter)
-    targets = bench.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
+    targets = _command_group(commands, "bench", "time our fast paths against their references",
+                             "Time our fast paths against a reference measured in the same run; prints a Markdown "
+                             "table (ratio > 1 means ours is faster).", metavar="TARGET")
     clip = targets.add_parser("clip", parents=[common], formatter_class=_formatter,
                               help="CLIP image encoding: eager fp32 against bf16/fp16",
                               description="Time CLIP image encoding in float32 (the eager reference) and in "
@@ -432,13 +435,9 @@ def _add_sample(commands: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def _add_listen(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    listen = commands.add_parser("listen", help="blind listening tests as the paper's Tables 3-4: make the page, score "
-                                                "the answers",
-                                 description="Make a self-contained web page for a blind listening test (fidelity "
-                                             "and relevance, 1-5, as the paper's) and score the answer files it "
-                                             "downloads.",
-                                 formatter_class=_formatter)
-    actions = listen.add_subparsers(dest="listen_command", metavar="ACTION", required=True)
+    actions = _command_group(commands, "listen", "blind listening tests as the paper's Tables 3-4: make the page, "
+                             "score the answers", "Make a self-contained web page for a blind listening test "
+                             "(fidelity and relevance, 1-5, as the paper's) and score the answer files it downloads.")
     make = actions.add_parser("make", parents=[common], formatter_class=_formatter,
                               help="write the test page (HTML, JS, CSS and the audio; no server needed)",
                               description="Write a static web page that runs a blind listening test: each trial "
@@ -492,9 +491,63 @@ def build_parser() -> Parser:
     _add_sample(commands, common)
     _add_eval(commands, common)
     _add_listen(commands, common)
+    _add_bundle(commands, common)
     _add_weights(commands, common)
     _add_bench(commands, common)
     return parser
+
+
+def _add_bundle(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    actions = _command_group(commands, "bundle", "make and check a bundle: the models sample and eval load together",
+                             "A bundle is a folder of the models `sample --bundle` and `eval --bundle` load (CLIP, "
+                             "UNet, optional prior and vocoder) with bundle.json, which records each file's sha256, "
+                             "checked at every load.")
+    make = actions.add_parser("make", parents=[common], formatter_class=_formatter,
+                              help="build a bundle from checkpoints (training runs, official files)",
+                              description="Build a bundle folder: CLIP, prior and vocoder converted to our "
+                                          "checkpoints (each reloaded and compared), the UNet's training checkpoint "
+                                          "stripped to its EMA weights, every model loaded and checked to fit the "
+                                          "others, then bundle.json written and the folder put in place at once.")
+    make.add_argument("out", type=Path, help="the bundle folder to write (replaced if it is a bundle)")
+    make.add_argument("--clip", type=Path, required=True,
+                      help="the CLIP the UNet was trained with (OpenAI .pt, state dict, Hugging Face, ours)")
+    make.add_argument("--unet", type=Path, required=True, help="UNet checkpoint from `clipsonic train`")
+    make.add_argument("--prior", type=Path, help="diffusion prior (from train-prior, or LAION's latest.pth)")
+    make.add_argument("--prior-config", type=Path, help="LAION's prior_config.json (default: beside --prior)")
+    make.add_argument("--vocoder", type=Path, help="BigVGAN (from train-vocoder, or NVIDIA's bigvgan_generator.pt)")
+    make.add_argument("--vocoder-config", type=Path, help="NVIDIA's config.json (default: beside --vocoder)")
+    make.set_defaults(handler=_bundle_make)
+    check = actions.add_parser("verify", parents=[common], formatter_class=_formatter,
+                               help="check a bundle's files against its bundle.json and load its models",
+                               description="Hash each file of a bundle against bundle.json, then load every model "
+                                           "and check they fit each other. Exit 1 on any difference.")
+    check.add_argument("folder", type=Path, nargs="?", help="bundle folder (default: the shipped demo bundle)")
+    check.set_defaults(handler=_bundle_verify)
+
+
+def _bundle_make(args: argparse.Namespace) -> int:
+    from clipsonic.bundle import make_bundle
+
+    made = make_bundle(args.out, args.clip, args.unet, prior=args.prior, prior_config=args.prior_config,
+                       vocoder=args.vocoder, vocoder_config=args.vocoder_config)
+    for role, path in made.files.items():
+        print(f"{role:<8} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"wrote    {made.folder / 'bundle.json'} (sha256 of each file, checked at every load)")
+    return 0
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from clipsonic.bundle import load_models, open_bundle, shipped_bundle
+
+    opened = open_bundle(args.folder or shipped_bundle())
+    if not opened.verified:
+        raise ClipsonicError(f"{opened.folder}: has no bundle.json, so there is nothing to check its files against "
+                             f"(make it with 'clipsonic bundle make')")
+    for role, path in opened.files.items():
+        print(f"{role:<8} ok  {path}")
+    load_models(opened)
+    print(f"{opened.folder}: every file matches bundle.json and the models fit each other")
+    return 0
 
 
 def _folders(args: argparse.Namespace) -> list[Path] | None:
@@ -529,7 +582,7 @@ def _weights_verify(args: argparse.Namespace) -> int:
     results = [manifest.verify(entry, _folders(args)) for entry in chosen]
     width = max(len(result.entry.name) for result in results)
     for result in results:
-        print(f"{result.entry.name:<{width}}  {result.status:<8}  {result.detail}")
+        print(f"{result.entry.name:<{width}}  {result.status:<8}  {result.path or '-'}: {result.detail}")
     failures = [r for r in results if r.failed or (args.names and r.status == "missing")]
     if failures:
         raise ClipsonicError(f"{len(failures)} weight file(s) failed verification: "
@@ -539,13 +592,14 @@ def _weights_verify(args: argparse.Namespace) -> int:
 
 def _weights_import_clip(args: argparse.Namespace) -> int:
     from clipsonic import clip, manifest
+    from clipsonic.checkpoint import verify_reload
 
     source = args.path
     state, _, layout = clip.read_clip_weights(source)
     model = clip.load_clip(source)
     output = args.output or manifest.user_folder() / f"clip-{source.resolve().name.split('.')[0]}.pt"
     clip.save_clip(output, model)
-    _verify_copy(model, clip.load_clip(output), output, source)
+    verify_reload(model, clip.load_clip(output), output, source)
     config = model.config
     print(f"read      {source} ({layout} layout, {len(state)} tensors)")
     print(f"model     ViT {config.image_resolution}px/{config.vision_patch_size}, vision {config.vision_width}x"
@@ -561,27 +615,17 @@ def _weights_import_clip(args: argparse.Namespace) -> int:
 
 def _weights_import_prior(args: argparse.Namespace) -> int:
     from clipsonic import manifest, prior
+    from clipsonic.checkpoint import verify_reload
 
     model = prior.load_prior(args.path, args.config)
     output = args.output or manifest.user_folder() / "prior-laion.pt"
     prior.save_prior(output, model)
-    _verify_copy(model, prior.load_prior(output), output, args.path)
+    verify_reload(model, prior.load_prior(output), output, args.path)
     net = model.config.net
     print(f"read      {args.path} ({model.origin} prior: dim {net.dim}, depth {net.depth}, {net.heads} heads of "
           f"{net.dim_head}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
     print(f"wrote     {output} (float32; reloads identically)")
     return 0
-
-
-def _verify_copy(model, copy, output: Path, source: Path) -> None:
-    """Every tensor of the reloaded `copy` must equal the converted model's, dtype included."""
-    import torch
-
-    written = copy.state_dict()
-    for name, tensor in model.state_dict().items():
-        theirs = written.get(name)
-        if theirs is None or theirs.dtype != tensor.dtype or not torch.equal(theirs, tensor):
-            raise ClipsonicError(f"{output}: verification failed: {name} differs from {source}")
 
 
 def _bench_clip(args: argparse.Namespace) -> int:
@@ -685,8 +729,9 @@ def _make_demo_data(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from clipsonic import demo
+    from clipsonic.bundle import shipped_bundle
 
-    folder = args.bundle or demo.bundle_folder()
+    folder = args.bundle or shipped_bundle()
     progress = not (args.no_progress or args.quiet)
     if args.retrain:
         from clipsonic.demo import DemoRecipe

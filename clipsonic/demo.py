@@ -3,7 +3,8 @@
 `retrain` rebuilds it from nothing, with the same steps a user takes on real videos:
 synthetic videos (`clipsonic.synthetic`) -> a small CLIP trained contrastively on their pictures
 and captions (`clipsonic.contrastive`) -> `preprocess` -> the spectrogram UNet (`train`) -> the
-SD prior (`train-prior`) -> a bundle folder (clip.pt, unet.pt, prior.pt, demo.json). Griffin-Lim
+SD prior (`train-prior`) -> a bundle (`clipsonic.bundle`: clip.pt, unet.pt, prior.pt, bundle.json
+listing the eight sounds as its vocabulary) with demo.json (recipe, timings, gate). Griffin-Lim
 is its vocoder (see README: a BigVGAN small enough to train here did not beat it).
 
 `quality_gate` measures what the bundle generates: for each class, samples from the text
@@ -28,22 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipsonic.bundle import make_bundle, open_bundle, shipped_bundle
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError
 from clipsonic.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
-BUNDLE_FILES = ("clip.pt", "unet.pt", "prior.pt")
 GATE_VARIANTS = ("sd", "iq", "zs")
 REAL = "real"  # the classifier on the data set's real clips
 GATE_THRESHOLD = 0.8  # per class, for SD and IQ
-
-
-def bundle_folder() -> Path:
-    """Where the shipped demo bundle lives (beside the weights manifest)."""
-    from clipsonic.manifest import shipped_folder
-
-    return shipped_folder() / "demo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,23 +81,12 @@ CAPTION_TEMPLATES = ("a photo of {label}", "a picture of {label}", "{label}", "a
 PROMPT_SIMILARITY_FLOOR = 0.9
 
 
-def unfamiliar_prompt(clip, text: str) -> str | None:
-    """A one-line warning when `text` is far (cosine < PROMPT_SIMILARITY_FLOOR) from the demo CLIP's
-    embedding of every class caption, naming the classes and the nearest one; None otherwise."""
+def demo_vocabulary():
+    """The demo bundle's sounds, as its bundle.json lists them (texts far from all get a warning)."""
+    from clipsonic.bundle import Vocabulary
     from clipsonic.synthetic import CLASSES
-    from clipsonic.tokenizer import tokenize
 
-    captions = [CAPTION_TEMPLATES[0].format(label=label) for label in CLASSES]
-    tokens = tokenize([text, *captions], clip.config.context_length).to(next(clip.parameters()).device)
-    with torch.inference_mode():
-        embeddings = torch.nn.functional.normalize(clip.encode_text(tokens).float(), dim=-1)
-    similarity = embeddings[1:] @ embeddings[0]  # [classes]
-    nearest = int(similarity.argmax())
-    if similarity[nearest] >= PROMPT_SIMILARITY_FLOOR:
-        return None
-    return (f"the demo bundle knows only {len(CLASSES)} sounds ({', '.join(CLASSES)}); {text!r} is far from all of "
-            f"them (nearest: {CLASSES[nearest]}, cosine {float(similarity[nearest]):.2f}), so expect noise or "
-            f"{CLASSES[nearest]}: train on your own videos for other sounds")
+    return Vocabulary(tuple(CLASSES), CAPTION_TEMPLATES[0], PROMPT_SIMILARITY_FLOOR)
 
 
 def picture_pool(specs, size: int, frames_per_clip: int = 6) -> tuple[np.ndarray, list[str]]:
@@ -160,16 +143,15 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     from clipsonic.clip import load_clip, save_clip
     from clipsonic.data import Dataset
     from clipsonic.labels import read_labels
-    from clipsonic.pipeline import Pipeline
     from clipsonic.preprocess import PreprocessConfig, preprocess
     from clipsonic.prior import PriorConfig
     from clipsonic.synthetic import make_demo_data, plan_clips
     from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
     from clipsonic.train_prior import PriorTask
-    from clipsonic.trainloop import CHECKPOINT_NAME, TrainConfig, export_for_sampling, train
+    from clipsonic.trainloop import CHECKPOINT_NAME, TrainConfig, train
     from clipsonic.unet import UNetConfig
 
-    work, out = Path(work), Path(out) if out is not None else bundle_folder()
+    work, out = Path(work), Path(out) if out is not None else shipped_bundle()
     work.mkdir(parents=True, exist_ok=True)
     started, timings = time.perf_counter(), {}
 
@@ -209,10 +191,8 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
 
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    shutil.copyfile(clip_path, staging / "clip.pt")
-    export_for_sampling(unet_run / CHECKPOINT_NAME, staging / "unet.pt", "unet")
-    export_for_sampling(prior_run / CHECKPOINT_NAME, staging / "prior.pt", "prior")
+    make_bundle(staging, clip_path, unet_run / CHECKPOINT_NAME, prior=prior_run / CHECKPOINT_NAME,
+                vocabulary=demo_vocabulary())
     gate = quality_gate(load_for_gate(staging, recipe), recipe, progress=progress)
     stage("quality gate")
     summary = {"format": "clipsonic.demo", "version": 1, "recipe": recipe.to_dict(), "vocoder": "griffin-lim",
@@ -222,11 +202,11 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
-    if out.resolve() == bundle_folder().resolve():
+    if out.resolve() == shipped_bundle().resolve():
         from clipsonic.manifest import record_shipped
 
-        for name in BUNDLE_FILES:
-            record_shipped(f"demo-{name.removesuffix('.pt')}", out / name)
+        for role, path in open_bundle(out).files.items():
+            record_shipped(f"demo-{role}", path)
     return summary
 
 
@@ -361,7 +341,7 @@ def record_gate(folder: str | os.PathLike, gate: dict) -> None:
 
 
 def read_summary(folder: str | os.PathLike | None = None) -> dict:
-    path = Path(folder) if folder is not None else bundle_folder()
+    path = Path(folder) if folder is not None else shipped_bundle()
     try:
         return json.loads((path / "demo.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,7 +92,8 @@ class Pipeline:
     prior_candidates: int = 2
     vocoder: torch.nn.Module | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    demo: bool = False  # the shipped demo bundle: it knows a few classes only
+    demo: bool = False  # loaded as the shipped demo bundle (no models were given)
+    vocabulary: "Vocabulary | None" = None  # the sounds a bundle knows, when it lists them: others get a warning
 
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
@@ -101,59 +101,28 @@ class Pipeline:
              prior_config: str | os.PathLike | None = None, vocoder: str | os.PathLike | None = None,
              vocoder_config: str | os.PathLike | None = None, device: torch.device | str = "cpu",
              dtype: torch.dtype | None = None) -> "Pipeline":
-        """Load from explicit checkpoint paths, or a bundle folder holding ``clip.pt``, ``unet.pt``
-        and optionally ``prior.pt`` and ``vocoder.pt``; with none of them, the shipped demo bundle."""
-        from clipsonic.clip import load_clip
-        from clipsonic.prior import load_prior
-        from clipsonic.unet import load_unet
+        """Load from explicit checkpoint paths, or a bundle folder (`clipsonic.bundle`; explicit paths
+        take precedence over its files); with none of them, the shipped demo bundle."""
+        from clipsonic.bundle import load_models, open_bundle, shipped_bundle
 
         demo = bundle is None and clip is None and checkpoint is None
         if demo:
-            from clipsonic.demo import bundle_folder
-
-            bundle = bundle_folder()
-            if not (bundle / "unet.pt").is_file():
-                raise ClipsonicError(f"no models given and no demo bundle in {bundle}: pass --clip and --checkpoint "
-                                     f"(or --bundle), or build the demo with 'clipsonic demo --retrain'")
-            log.info("using the shipped demo bundle (%s: small models trained on synthetic data; pass --bundle or "
-                     "--clip/--checkpoint for your own)", bundle)
-        if bundle is not None:
-            folder = Path(bundle)
-            if not folder.is_dir():
-                raise ClipsonicError(f"{folder}: not a bundle folder")
-            clip = clip or folder / "clip.pt"
-            checkpoint = checkpoint or folder / "unet.pt"
-            if prior is None and (folder / "prior.pt").is_file():
-                prior = folder / "prior.pt"
-            if vocoder is None and (folder / "vocoder.pt").is_file():
-                vocoder = folder / "vocoder.pt"
-        if clip is None or checkpoint is None:
-            raise ClipsonicError("no models given: pass a CLIP checkpoint (--clip) and a UNet checkpoint "
-                                 "(--checkpoint), or a bundle folder")
-        spectrogram = load_unet(checkpoint, dtype=dtype, device=device)
-        clip_model = load_clip(clip, dtype=dtype, device=device)
-        if clip_model.config.embed_dim != spectrogram.embed_dim:
-            raise ClipsonicError(f"{clip}: CLIP embeddings are {clip_model.config.embed_dim}-d but {checkpoint} "
-                                 f"was trained on {spectrogram.embed_dim}-d ones: use the CLIP it was trained with")
-        prior_model = None
-        if prior is not None:
-            prior_model = load_prior(prior, prior_config, dtype=dtype, device=device)
-            if prior_model.config.net.dim != clip_model.config.text_width or \
-                    prior_model.config.image_embed_dim != clip_model.config.embed_dim:
-                raise ClipsonicError(f"{prior}: the prior is {prior_model.config.net.dim}-d but {clip} has text width "
-                                     f"{clip_model.config.text_width} and {clip_model.config.embed_dim}-d embeddings")
-        vocoder_model = None
-        if vocoder is not None:
-            from clipsonic.vocoder import load_bigvgan
-
-            vocoder_model = load_bigvgan(vocoder, vocoder_config, dtype=dtype, device=device)
-            theirs, ours = vocoder_model.config.mel_config, spectrogram.mel_config
-            if (theirs.sample_rate, theirs.n_mels, theirs.hop_size) != (ours.sample_rate, ours.n_mels, ours.hop_size):
-                raise ClipsonicError(f"{vocoder}: the vocoder expects {theirs.n_mels} mels at {theirs.sample_rate} Hz, hop "
-                                     f"{theirs.hop_size}; {checkpoint} makes {ours.n_mels} at {ours.sample_rate} Hz, "
-                                     f"hop {ours.hop_size}")
+            bundle = shipped_bundle()
+            if not bundle.is_dir():
+                raise ClipsonicError(f"no models given and no demo bundle in {bundle}: give a CLIP and a UNet "
+                                     f"checkpoint or a bundle, or build the demo with 'clipsonic demo --retrain'")
+            log.info("using the shipped demo bundle (%s: small models trained on synthetic data; give a bundle or "
+                     "a CLIP and UNet checkpoint for your own)", bundle)
+        opened = open_bundle(bundle) if bundle is not None else None
+        if opened is None and (clip is None or checkpoint is None):
+            raise ClipsonicError("no models given: a CLIP checkpoint (clip) and a UNet checkpoint (checkpoint), "
+                                 "or a bundle folder (bundle)")
+        models = load_models(opened, clip=clip, unet=checkpoint, prior=prior, prior_config=prior_config,
+                             vocoder=vocoder, vocoder_config=vocoder_config, dtype=dtype, device=device)
+        clip_model, spectrogram, prior_model, vocoder_model = models
         return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, vocoder=vocoder_model,
-                   device=torch.device(device), demo=demo)
+                   device=torch.device(device), demo=demo,
+                   vocabulary=opened.vocabulary if opened is not None else None)
 
     def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",
               seed: int | None = None) -> torch.Tensor:
@@ -220,12 +189,8 @@ class Pipeline:
         return default_variant(IMAGE if image is not None else TEXT, self.spectrogram.condition, self.prior)
 
     def unfamiliar_prompt(self, text: str) -> str | None:
-        """With the demo bundle, a warning for a text far from every class it learned, else None."""
-        if not self.demo:
-            return None
-        from clipsonic.demo import unfamiliar_prompt
-
-        return unfamiliar_prompt(self.clip, text)
+        """A warning for a text far from every sound the bundle lists (the demo's eight), else None."""
+        return None if self.vocabulary is None else self.vocabulary.unfamiliar(self.clip, text)
 
     def generate_chunks(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
                         guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,

@@ -20,7 +20,7 @@ def test_help_lists_only_built_commands():
     commands = done.stdout.split("positional arguments:")[1].split("options:")[0]
     listed = {line.split()[0] for line in commands.splitlines() if re.match(r"^    \S", line)}
     assert listed == {"make-demo-data", "demo", "preprocess", "train", "train-prior", "train-vocoder", "sample", "eval",
-                      "weights", "bench", "listen"}
+                      "bundle", "weights", "bench", "listen"}
 
 
 def test_weights_list_shows_every_entry_with_source_and_licence(tmp_path):
@@ -71,7 +71,8 @@ def test_verify_cli_exit_codes(tmp_path):
     (tmp_path / "ViT-L-14.pt").write_bytes(b"not the real CLIP")
     done = run_cli("weights", "verify", "--dir", str(tmp_path))
     assert done.returncode == 1
-    assert re.search(r"^clip-vit-l-14\s+mismatch\s+sha256 [0-9a-f]{64} but", done.stdout, re.M)
+    checked = re.escape(str(tmp_path / "ViT-L-14.pt"))
+    assert re.search(rf"^clip-vit-l-14\s+mismatch\s+{checked}: sha256 [0-9a-f]{{64}} but", done.stdout, re.M)
     assert done.stderr.strip() == "clipsonic: error: 1 weight file(s) failed verification: clip-vit-l-14"
     named_missing = run_cli("weights", "verify", "vggish", "--dir", str(tmp_path))
     assert named_missing.returncode == 1 and "vggish" in named_missing.stderr

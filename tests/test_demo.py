@@ -9,8 +9,9 @@ import pytest
 import soundfile
 
 from clipsonic import manifest
-from clipsonic.demo import (BUNDLE_FILES, DemoRecipe, NearestCentroid, bundle_folder, gate_table, load_for_gate,
-                            mel_features, quality_gate, read_summary)
+from clipsonic.bundle import open_bundle, shipped_bundle
+from clipsonic.demo import (DemoRecipe, NearestCentroid, demo_vocabulary, gate_table, load_for_gate, mel_features,
+                            quality_gate, read_summary)
 from clipsonic.synthetic import CLASSES
 
 MAX_BUNDLE_BYTES = 50 * 2**20
@@ -19,10 +20,13 @@ MAX_BUNDLE_BYTES = 50 * 2**20
 def test_bundle_is_in_the_manifest_with_checksums_and_small():
     entries = manifest.load_manifest()
     total = 0
-    for name in BUNDLE_FILES:
-        entry = entries[f"demo-{name.removesuffix('.pt')}"]
-        assert entry.shipped and entry.file == f"demo/{name}"
-        result = manifest.verify(entry)
+    bundle = open_bundle(shipped_bundle())  # every file checked against bundle.json
+    assert bundle.verified and sorted(bundle.files) == ["clip", "prior", "unet"]
+    assert bundle.vocabulary == demo_vocabulary()
+    for role, path in bundle.files.items():
+        entry = entries[f"demo-{role}"]
+        assert entry.shipped and entry.file == f"demo/{path.name}"
+        result = manifest.verify(entry)  # the manifest pins the same sha256 as bundle.json
         assert result.status == "ok", result.detail
         total += result.path.stat().st_size
     assert total <= MAX_BUNDLE_BYTES
@@ -50,7 +54,7 @@ def test_recorded_quality_gate_passed():
 def test_shipped_bundle_passes_its_quality_gate_again():
     """The gate measured afresh on the shipped bundle: SD and IQ, 16 samples per class, the recipe's settings."""
     recipe = DemoRecipe.from_dict(read_summary()["recipe"])
-    gate = quality_gate(load_for_gate(bundle_folder(), recipe), recipe, variants=("sd", "iq"))
+    gate = quality_gate(load_for_gate(shipped_bundle(), recipe), recipe, variants=("sd", "iq"))
     assert gate["real"]["accuracy"] >= 0.95, gate_table(gate)
     assert gate["passed"], gate_table(gate)
 
@@ -111,7 +115,7 @@ def test_out_of_vocabulary_prompt_warns_once_on_the_command_line(tmp_path):
 def test_own_bundles_get_no_demo_warning(demo_pipeline):
     import dataclasses
 
-    assert dataclasses.replace(demo_pipeline, demo=False).unfamiliar_prompt("a photo of a dog barking") is None
+    assert dataclasses.replace(demo_pipeline, vocabulary=None).unfamiliar_prompt("a photo of a dog barking") is None
 
 
 def test_bf16_default_matches_fp32(demo_pipeline):
@@ -161,5 +165,5 @@ def test_retrain_smoke_builds_a_bundle(tmp_path):
     assert "| class | SD | IQ | ZS |" in done.stdout
     summary = json.loads((tmp_path / "bundle" / "demo.json").read_text())
     assert summary["recipe"]["clip_steps"] == 4 and set(summary["seconds"]) >= {"clip", "unet", "prior"}
-    assert all((tmp_path / "bundle" / name).is_file() for name in BUNDLE_FILES)
+    assert sorted(open_bundle(tmp_path / "bundle").files) == ["clip", "prior", "unet"]
     assert (manifest.shipped_folder() / "manifest.json").read_bytes() == before  # only the shipped bundle pins
