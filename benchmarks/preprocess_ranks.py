@@ -49,7 +49,7 @@ def main() -> None:
     import torch
 
     from clipsonic.clip import CLIP, CLIPConfig, save_clip
-    from clipsonic.synthetic import make_demo_data
+    from clipsonic.demo.synthetic import make_demo_data
 
     with tempfile.TemporaryDirectory(prefix="clipsonic-ranks-") as scratch:
         folder = Path(scratch)

@@ -22,7 +22,7 @@ import torch
 
 from clipsonic.audio import MelConfig, griffin_lim, mel_spectrogram
 from clipsonic.demo import DemoRecipe, held_out_classifier, mel_features
-from clipsonic.synthetic import clip_audio, plan_clips
+from clipsonic.demo.synthetic import clip_audio, plan_clips
 from clipsonic.vocoder import load_bigvgan
 
 

@@ -436,8 +436,8 @@ def bench_preprocess(clip_preset: str = "paper", clips: int = 16, seconds: float
 
     from clipsonic.clip import CLIP, CLIPConfig
     from clipsonic.nn import set_precision
-    from clipsonic.preprocess import PreprocessConfig, preprocess
-    from clipsonic.synthetic import make_demo_data
+    from clipsonic.data.preprocess import PreprocessConfig, preprocess
+    from clipsonic.demo.synthetic import make_demo_data
 
     torch.manual_seed(seed)
     clip32 = CLIP(CLIPConfig.preset(clip_preset)).eval()

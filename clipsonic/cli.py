@@ -716,7 +716,7 @@ def _parameter_count(model) -> str:
 
 
 def _make_demo_data(args: argparse.Namespace) -> int:
-    from clipsonic.synthetic import make_demo_data
+    from clipsonic.demo.synthetic import make_demo_data
 
     if args.workers < 1:
         args.usage_error("--workers must be at least 1")
@@ -764,8 +764,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from clipsonic import manifest, runtime
     from clipsonic.clip import load_clip
-    from clipsonic.labels import read_labels
-    from clipsonic.preprocess import PreprocessConfig, Ranks, preprocess
+    from clipsonic.data.labels import read_labels
+    from clipsonic.data.preprocess import PreprocessConfig, Ranks, preprocess
 
     settings = PreprocessConfig(frames_per_second=args.frames_per_second, min_frames=args.min_frames,
                                 min_seconds=args.min_seconds, keep_frames=args.keep_frames,
@@ -1073,7 +1073,7 @@ def _generation_dtype(args: argparse.Namespace, device):
 def _eval(args: argparse.Namespace) -> int:
     from clipsonic import runtime
     from clipsonic.data import Dataset
-    from clipsonic.evaluate import EvalConfig, Evaluator, evaluate, vggish_path
+    from clipsonic.eval.evaluate import EvalConfig, Evaluator, evaluate, vggish_path
     from clipsonic.variants import PRIOR_KINDS
     from clipsonic.pipeline import Pipeline
     from clipsonic.vggish import load_vggish
@@ -1141,7 +1141,7 @@ def _floats(args: argparse.Namespace, text: str, option: str) -> list[float]:
 
 
 def _eval_fad(args: argparse.Namespace) -> int:
-    from clipsonic.evaluate import folder_statistics, vggish_path
+    from clipsonic.eval.evaluate import folder_statistics, vggish_path
     from clipsonic.metrics import frechet_distance_from_statistics, save_statistics
     from clipsonic.runtime import resolve_device, resolve_dtype
     from clipsonic.vggish import load_vggish

@@ -59,16 +59,20 @@ def find_files(folder: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]
                   and not any(part.startswith(".") for part in path.relative_to(root).parts))
 
 
-def _run(args: list[str], path: Path) -> bytes:
-    """Run an ffmpeg-family command; stdout on success, a MediaError naming `path` otherwise."""
+def run_tool(args: list[str], path: Path, *, stdin: bytes | None = None,
+             failure: str = "unreadable or corrupt media", warnings_fail: bool = True) -> bytes:
+    """Run an ffmpeg-family command (fed `stdin`, if given); its stdout on success, otherwise a
+    MediaError naming `path`: "`path`: `failure` (ffmpeg's last error line)". With `warnings_fail`,
+    anything on stderr counts as failure (the commands run with ``-v error``)."""
     try:
-        done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        done = subprocess.run(args, input=stdin, stdin=subprocess.DEVNULL if stdin is None else None,
+                              capture_output=True, check=False)
     except OSError as error:
         raise MediaError(f"{path}: cannot run {args[0]} ({error.strerror})") from None
     message = done.stderr.decode("utf-8", errors="replace").strip()
-    if done.returncode != 0 or message:
+    if done.returncode != 0 or (message and warnings_fail):
         reason = _last_reason(message, path) or f"{Path(args[0]).name} exit status {done.returncode}"
-        raise MediaError(f"{path}: unreadable or corrupt media ({reason})")
+        raise MediaError(f"{path}: {failure} ({reason})")
     return done.stdout
 
 
@@ -103,7 +107,7 @@ def _rate(text: str | None) -> float | None:
 def _probe_report(source: Path, *entries: str) -> dict:
     """ffprobe's JSON report of `source`: format and streams, plus any `-show_entries` sections."""
     extra = ["-show_entries", ":".join(entries)] if entries else []
-    out = _run([find_binary("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
+    out = run_tool([find_binary("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
                 "-show_streams", *extra, str(source)], source)
     return json.loads(out or b"{}")
 
@@ -146,7 +150,7 @@ def decode_audio_native(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     info = probe(path)
     if not info.has_audio or not info.sample_rate or not info.channels:
         raise MediaError(f"{info.path}: has no audio stream")
-    raw = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(info.path),
+    raw = run_tool([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(info.path),
                 "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"], info.path)
     samples = np.frombuffer(raw, dtype="<f4")
     usable = samples.size - samples.size % info.channels
@@ -232,7 +236,7 @@ def _decoded_starts(source: Path, stream: dict) -> np.ndarray:
     """Start times [F] (seconds from the file's start, in decoding order) of every frame ffmpeg
     decodes from `stream`, including the times it guesses; one full decode whose pictures are
     thrown away (framecrc lists each frame's pts in the time base its header names)."""
-    out = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source),
+    out = run_tool([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source),
                 "-map", f"0:{stream['index']}", "-fps_mode", "passthrough", "-c:v", "wrapped_avframe",
                 "-f", "framecrc", "pipe:1"], source).decode("ascii", errors="replace")
     base = re.search(r"^#tb 0: (\d+)/(\d+)$", out, re.MULTILINE)
@@ -270,7 +274,7 @@ def _select_frames(source: Path, stream: dict, indices: Sequence[int],
         chosen = "+".join(terms)
     # Rotation filters go in before -vf, so `n` and `t` are the decoder's and pictures come out upright.
     # Each term matches one frame at most, so ffmpeg may stop decoding once it has len(indices).
-    data = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source),
+    data = run_tool([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source),
                  "-map", f"0:{stream['index']}", "-vf", f"select='{chosen}'", "-fps_mode", "passthrough",
                  "-frames:v", str(len(indices)), *_PICTURE_OUTPUT], source)
     return _read_ppms(data, source)
@@ -335,7 +339,7 @@ def _pictures_at(info: MediaInfo, stream: dict, starts: np.ndarray, times: list[
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A still image (PNG, JPEG, WebP, ... anything ffmpeg reads) as RGB uint8 [H, W, 3]."""
     source = _existing(path)
-    data = _run([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source), "-map", "0:v:0",
+    data = run_tool([find_binary("ffmpeg"), "-nostdin", "-v", "error", "-xerror", "-i", str(source), "-map", "0:v:0",
                  "-frames:v", "1", *_PICTURE_OUTPUT], source)
     if not data:
         raise MediaError(f"{source}: holds no picture")

@@ -71,7 +71,7 @@ def check_finite(values: torch.Tensor, what: str) -> None:
     if not torch.isfinite(values).all():
         bad = int((~torch.isfinite(values)).sum())
         raise NonFiniteOutput(f"the generated {what} has {bad} NaN/Inf value(s) of {values.numel()} "
-                              "(nothing written; try --dtype fp32 or another seed)")
+                              "(nothing written; try fp32 or another seed)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Pipeline:
             bundle = shipped_bundle()
             if not bundle.is_dir():
                 raise ClipsonicError(f"no models given and no demo bundle in {bundle}: give a CLIP and a UNet "
-                                     f"checkpoint or a bundle, or build the demo with 'clipsonic demo --retrain'")
+                                     f"checkpoint or a bundle, or build the demo (clipsonic.demo.retrain)")
             log.info("using the shipped demo bundle (%s: small models trained on synthetic data; give a bundle or "
                      "a CLIP and UNet checkpoint for your own)", bundle)
         opened = open_bundle(bundle) if bundle is not None else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, ParameterError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 AUTO = "auto"
@@ -26,17 +26,17 @@ def resolve_device(name: str = "auto"):
     import torch
 
     if not DEVICE_PATTERN.match(name):
-        raise ClipsonicError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+        raise ParameterError("{option}: expected auto, cpu, cuda, cuda:N or mps", "device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ClipsonicError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+            raise ParameterError("{option}: CUDA is not available on this machine (use cpu)", "device", name)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ClipsonicError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise ParameterError(f"{{option}}: only {torch.cuda.device_count()} CUDA device(s) here", "device", name)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ClipsonicError(f"--device {name}: MPS is not available on this machine")
+        raise ParameterError("{option}: MPS is not available on this machine", "device", name)
     return device
 
 
@@ -70,7 +70,7 @@ def resolve_dtype(name: str = "fp32", device=None):
             raise ValueError("dtype 'auto' needs the device")
         name = auto_dtype(device)[0]
     if name not in DTYPES:
-        raise ClipsonicError(f"--dtype {name}: expected one of {AUTO}, {', '.join(DTYPES)}")
+        raise ParameterError(f"{{option}}: expected one of {AUTO}, {', '.join(DTYPES)}", "dtype", name)
     return getattr(torch, DTYPES[name])
 
 
@@ -88,5 +88,5 @@ def set_threads(count: int) -> None:
     import torch
 
     if count < 1:
-        raise ClipsonicError(f"--threads {count}: must be at least 1")
+        raise ParameterError("{option}: must be at least 1", "threads", count)
     torch.set_num_threads(count)

@@ -12,7 +12,7 @@ from clipsonic import manifest
 from clipsonic.bundle import open_bundle, shipped_bundle
 from clipsonic.demo import (DemoRecipe, NearestCentroid, demo_vocabulary, gate_table, load_for_gate, mel_features,
                             quality_gate, read_summary)
-from clipsonic.synthetic import CLASSES
+from clipsonic.demo.synthetic import CLASSES
 
 MAX_BUNDLE_BYTES = 50 * 2**20
 

@@ -5,7 +5,7 @@ import pytest
 
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError
-from clipsonic.evaluate import EvalConfig, Score, plan_queries, sweep_csv, sweep_table, table1, table2
+from clipsonic.eval.evaluate import EvalConfig, Score, plan_queries, sweep_csv, sweep_table, table1, table2
 from toydata import make_toy_dataset
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from clipsonic.errors import ClipsonicError
-from clipsonic.labels import LabelEntry, assign_split, read_labels
+from clipsonic.data.labels import LabelEntry, assign_split, read_labels
 
 
 def write(path, text):

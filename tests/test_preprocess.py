@@ -18,7 +18,7 @@ from clipsonic.audio import MelConfig, mel_spectrogram
 from clipsonic.clip import CLIP, CLIPConfig, preprocess_image
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError
-from clipsonic.preprocess import PreprocessConfig, frame_times, preprocess, read_skipped
+from clipsonic.data.preprocess import PreprocessConfig, frame_times, preprocess, read_skipped
 from conftest import make_video
 
 USABLE = ("clip.mp4", "odd_rate.mp4", "stereo44k.mov", "nested/clip.mkv", "clip.webm")
@@ -52,7 +52,7 @@ def dataset_folder(videos, clip_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "dataset"
     labels = videos.parent / "labels.csv"
     labels.write_text("file,label,split\nclip.mp4,rain,train\nodd_rate.mp4,bell,test\nnested/clip.mkv,rain,\n")
-    from clipsonic.labels import read_labels
+    from clipsonic.data.labels import read_labels
 
     summary = preprocess(videos, out, clip_model, labels=read_labels(labels),
                          settings=PreprocessConfig(keep_frames=True, shard_clips=2), workers=0)

@@ -11,7 +11,7 @@ import pytest
 
 from clipsonic.audio import MelConfig
 from clipsonic.data import Dataset, DatasetWriter
-from clipsonic.preprocess import RANKS_FOLDER, read_skipped
+from clipsonic.data.preprocess import RANKS_FOLDER, read_skipped
 from conftest import make_video
 from test_preprocess import _descendants, _process_table, assert_same_dataset
 

@@ -12,10 +12,10 @@ import pytest
 from clipsonic import cli
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError, ParameterError
-from clipsonic.evaluate import real_audio
-from clipsonic.labels import read_labels
+from clipsonic.eval.evaluate import real_audio
+from clipsonic.data.labels import read_labels
 from clipsonic.media import decode_audio
-from clipsonic.preprocess import PreprocessConfig, preprocess, read_skipped
+from clipsonic.data.preprocess import PreprocessConfig, preprocess, read_skipped
 from clipsonic.train_vocoder import find_audio
 from conftest import make_video
 
@@ -156,7 +156,7 @@ def test_a_wrong_out_is_one_line_and_leaves_nothing(folders, clip_file, tmp_path
 
 
 def test_a_run_that_fails_in_a_new_folder_removes_it(folders, clip_model, tmp_path, monkeypatch):
-    import clipsonic.preprocess as module
+    import clipsonic.data.preprocess as module
 
     def fail(*args, **kwargs):
         raise ClipsonicError("the CLIP forward pass failed")

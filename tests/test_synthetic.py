@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from clipsonic import media, synthetic
+from clipsonic import media
+from clipsonic.demo import synthetic
 from clipsonic.errors import ClipsonicError, MediaError
-from clipsonic.synthetic import CLASSES, SAMPLE_RATE
+from clipsonic.demo.synthetic import CLASSES, SAMPLE_RATE
 
 SR = SAMPLE_RATE
 SEEDS = (0, 1, 2)
@@ -316,7 +317,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         out.write_bytes(b"half a video")
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(synthetic, "_encode", broken)
+    monkeypatch.setattr(synthetic.videos, "_encode", broken)
     with pytest.raises(RuntimeError, match="killed mid-write"):
         synthetic.make_demo_data(tmp_path, clips_per_class=1, seconds_range=(1, 1), size=32, workers=1, progress=False)
     assert [p for p in (tmp_path / "videos").rglob("*") if p.is_file()] == []

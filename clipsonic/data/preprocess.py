@@ -45,7 +45,7 @@ from clipsonic.config import Config
 from clipsonic.data import TEXT_TEMPLATE, DatasetWriter, clip_id
 from clipsonic.errors import ClipsonicError, Interrupted, MediaError, ParameterError
 from clipsonic.fileio import atomic_path
-from clipsonic.labels import LabelTable, assign_split
+from clipsonic.data.labels import LabelTable, assign_split
 
 log = logging.getLogger(__name__)
 SKIPPED_NAME = "skipped.csv"

@@ -206,7 +206,7 @@ class Dataset:
         """The clip's embedded frames as CLIP saw them, uint8 [frame_count, 224, 224, 3] (``--keep-frames``)."""
         path = self.folder / "frames" / f"{record.id}.npy"
         if not path.is_file():
-            raise ClipsonicError(f"{self.folder}: has no frames of {record.id} (preprocess with --keep-frames)")
+            raise ClipsonicError(f"{self.folder}: has no frames of {record.id} (preprocess it keeping the frames)")
         return np.load(path)
 
     def labels(self) -> dict[str, np.ndarray]:

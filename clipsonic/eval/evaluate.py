@@ -28,7 +28,7 @@ import torch
 
 from clipsonic.config import Config
 from clipsonic.data import ClipRecord, Dataset
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.fileio import atomic_path, write_json_atomic, write_text_atomic
 from clipsonic.pipeline import check_finite
 from clipsonic.variants import IMAGE, TEXT, VARIANTS, available, get_variant, query_embeddings
@@ -50,12 +50,12 @@ class EvalConfig(Config):
 
     def __post_init__(self) -> None:
         if self.samples < 2:
-            raise ClipsonicError("--samples must be at least 2 (a covariance needs two embeddings)")
+            raise ParameterError("{option}: must be at least 2 (a covariance needs two embeddings)", "samples", self.samples)
         if not self.guidance or any(w < 0 for w in self.guidance):
             raise ClipsonicError("guidance weights must be non-negative")
         if self.steps < 1 or self.batch < 1 or self.seconds < 1:
-            raise ClipsonicError("--steps and --batch must be at least 1 and --seconds at least 1 "
-                                 "(VGGish reads 0.96-s windows)")
+            raise ClipsonicError(f"steps ({self.steps}) and batch ({self.batch}) must be at least 1 and seconds "
+                                 f"({self.seconds:g}) at least 1 (VGGish reads 0.96-s windows)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def plan_queries(dataset: Dataset, samples: int, seed: int) -> list[Query]:
     """`samples` queries over the labelled test clips: every clip once per round, in a seeded order."""
     records = [record for record in dataset.records if record.label is not None]
     if not records:
-        raise ClipsonicError(f"{dataset.folder}: no labelled test clips to evaluate on (preprocess with --labels)")
+        raise ClipsonicError(f"{dataset.folder}: no labelled test clips to evaluate on (preprocess it with a labels file)")
     rng = np.random.default_rng(seed)
     order: list[int] = []
     while len(order) < samples:
@@ -385,6 +385,6 @@ def vggish_path(given: str | os.PathLike | None) -> Path:
         return Path(given)
     found = manifest.locate(manifest.load_manifest()["vggish"])
     if found is None:
-        raise ClipsonicError(f"no VGGish weights: pass --vggish, or put vggish-10086976.pth in "
-                             f"{manifest.user_folder()} (see 'clipsonic weights list')")
+        raise ParameterError(f"no VGGish weights: give their file ({{option}}), or put vggish-10086976.pth in "
+                             f"{manifest.user_folder()} (see 'clipsonic weights list')", "vggish", None)
     return found

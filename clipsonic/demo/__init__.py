@@ -1,0 +1,15 @@
+"""The demo: procedural data, the small bundle shipped so `sample` works offline, and its gate.
+
+`synthetic` (the eight-class audio-visual data as real videos), `contrastive` and `recipe` (the
+demo CLIP and the bundle's settings), `retrain` (rebuild the bundle from nothing), `gate` (does
+it generate what it learned).
+"""
+
+from clipsonic.demo.gate import (GATE_THRESHOLD, GATE_VARIANTS, REAL, NearestCentroid, gate_table, load_for_gate,
+                                 mel_features, quality_gate)
+from clipsonic.demo.recipe import CAPTION_TEMPLATES, PROMPT_SIMILARITY_FLOOR, DemoRecipe, demo_vocabulary
+from clipsonic.demo.retrain import read_summary, record_gate, retrain
+
+__all__ = ["CAPTION_TEMPLATES", "GATE_THRESHOLD", "GATE_VARIANTS", "PROMPT_SIMILARITY_FLOOR", "REAL", "DemoRecipe",
+           "NearestCentroid", "demo_vocabulary", "gate_table", "load_for_gate", "mel_features", "quality_gate",
+           "read_summary", "record_gate", "retrain"]
