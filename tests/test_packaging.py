@@ -26,7 +26,7 @@ def wheel(tmp_path_factory):
 @pytest.mark.slow
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ["clipsonic/cli.py", "clipsonic/__main__.py", "clipsonic/assets/mel_filters.npz",
+    for required in ["clipsonic/cli/__init__.py", "clipsonic/__main__.py", "clipsonic/assets/mel_filters.npz",
                      "clipsonic/weights/manifest.json", "clipsonic/csrc/README.md", "clipsonic/csrc/anti_alias_cpu.cpp",
                      "clipsonic/csrc/anti_alias_cuda.cu", "clipsonic/csrc/anti_alias_cuda.cpp", "clipsonic/csrc/group_norm_cpu.cpp",
                      "clipsonic/assets/bpe_simple_vocab_16e6.txt.gz", "clipsonic/weights/demo/clip.pt",

@@ -1,0 +1,170 @@
+"""`clipsonic train`, `train-prior`, `train-vocoder`: the three training runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipsonic.cli.common import help_formatter, log, parameter_count
+from clipsonic.errors import ClipsonicError
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    train = commands.add_parser("train", parents=[common], formatter_class=help_formatter,
+                                help="train the spectrogram diffusion UNet on a preprocessed dataset",
+                                description="Train the CLIP-conditioned spectrogram UNet on a dataset folder "
+                                            "written by `clipsonic preprocess`. Resumable (--resume); under "
+                                            "torchrun it trains data-parallel on every process.")
+    train.add_argument("dataset", type=Path, help="dataset folder")
+    train.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    train.add_argument("--preset", default="paper", help="UNet size: paper (~121 M parameters) or tiny")
+    _add_loop_options(train, steps=500_000, weight_decay=0.0)
+    train.add_argument("--crop-frames", type=int, default=64, help="mel frames per training crop (64 = 2.048 s)")
+    train.add_argument("--cond-drop", type=float, default=0.1, help="probability of the null condition")
+    train.add_argument("--text-cond", action="store_true",
+                       help='CLIP-TTA baseline: condition on CLIP text embeddings of "a photo of [label]"')
+    train.set_defaults(handler=_train)
+
+    prior = commands.add_parser("train-prior", parents=[common], formatter_class=help_formatter,
+                                help="train the SD diffusion prior (label text -> CLIP image embedding)",
+                                description="Train the DALL-E 2 diffusion prior from scratch on a dataset folder's "
+                                            '(CLIP text of "a photo of [label]", CLIP image embedding of a frame) '
+                                            "pairs: the paper's SD variant. Resumable and torchrun-able like train.")
+    prior.add_argument("dataset", type=Path, help="dataset folder (with labels.npz)")
+    prior.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    prior.add_argument("--preset", default="paper", help="prior size: paper (LAION's architecture, 12 layers) or tiny")
+    prior.add_argument("--depth", type=int, help="transformer layers (default: the preset's)")
+    _add_loop_options(prior, steps=200_000, weight_decay=0.06)
+    prior.add_argument("--text-drop", type=float, default=0.1, help="probability of hiding the text")
+    prior.set_defaults(handler=_train_prior)
+
+    vocoder = commands.add_parser("train-vocoder", parents=[common], formatter_class=help_formatter,
+                                  help="train the BigVGAN vocoder on a folder of audio (or videos)",
+                                  description="Train BigVGAN with multi-period and multi-resolution discriminators, "
+                                              "least-squares GAN, feature-matching and mel-L1 losses on random "
+                                              "segments of the audio in a folder (videos' soundtracks too); the last "
+                                              "part of the audio is held out and its mel-L1 logged. Resumable and "
+                                              "torchrun-able like train.")
+    vocoder.add_argument("audio", type=Path, help="folder of audio or video files (searched recursively), or a "
+                                                  "dataset folder (its training clips' source files)")
+    vocoder.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    vocoder.add_argument("--preset", default="paper", help="BigVGAN size: paper (512 channels), paper-large (1536), tiny")
+    vocoder.add_argument("--segment-samples", type=int, default=32768, help="training segment length in samples")
+    vocoder.add_argument("--discriminator-width", type=int, default=32, help="discriminators' base channel count")
+    vocoder.add_argument("--validate-every", type=int, default=1000, help="held-out mel-L1 interval in steps")
+    _add_loop_options(vocoder, steps=500_000, weight_decay=0.01, batch_size=16, ema=0.0)
+    vocoder.add_argument("--lr-decay", type=float, default=0.9999996, help="per-step learning-rate decay factor")
+    vocoder.set_defaults(handler=_train_vocoder)
+
+
+def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay: float, batch_size: int = 32,
+                      ema: float = 0.9999) -> None:
+    """The optimisation and checkpointing options the trainers share."""
+    parser.add_argument("--steps", type=int, default=steps, help="total optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (split over processes)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
+    parser.add_argument("--ema", type=float, default=ema, help="EMA decay of the weights that sampling uses (0: none)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm limit (0: none)")
+    parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
+    parser.add_argument("--save-every", type=int, default=5000, help="checkpoint interval in steps")
+    parser.add_argument("--keep", type=int, default=2, help="numbered checkpoints kept besides the latest")
+    parser.add_argument("--log-every", type=int, default=100, help="log.jsonl interval in steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from clipsonic.checkpoint import load_checkpoint
+    from clipsonic.data import Dataset
+    from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
+    from clipsonic.trainloop import CHECKPOINT_NAME, train
+    from clipsonic.unet import MelNormalization, UNetConfig
+
+    if args.crop_frames < 1:
+        args.usage_error("--crop-frames must be at least 1")
+    if not 0 <= args.cond_drop < 1:
+        args.usage_error("--cond-drop must be in [0, 1)")
+    config, device = _loop_config(args)
+    settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond)
+    unet_config, mel_norm = UNetConfig.preset(args.preset), None
+    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
+        saved = load_checkpoint(args.out / CHECKPOINT_NAME, "unet")
+        if saved["extra"].get("training") != settings.to_dict():
+            raise ClipsonicError(f"{args.out / CHECKPOINT_NAME}: was trained with other --crop-frames/--cond-drop/"
+                                 f"--text-cond settings")
+        unet_config = UNetConfig.from_dict(saved["config"])
+        mel_norm = MelNormalization.from_dict(saved["extra"]["mel_norm"])
+    task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
+    log.info("training a %s-parameter UNet on %d clips of %s", parameter_count(task.model), len(task.records),
+             args.dataset)
+    path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
+    log.info("done: %s", path)
+    return 0
+
+
+def _loop_config(args: argparse.Namespace, **settings):
+    """The TrainConfig and device that the trainers' options describe (`settings` override)."""
+    from clipsonic import runtime
+    from clipsonic.trainloop import TrainConfig
+
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        if getattr(args, name) < 1:
+            args.usage_error(f"--{name.replace('_', '-')} must be at least 1")
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
+                         save_every=args.save_every, keep=args.keep, log_every=args.log_every,
+                         seed=args.seed if args.seed is not None else 0, **settings)
+    return config, runtime.resolve_device(args.device)
+
+
+def _train_vocoder(args: argparse.Namespace) -> int:
+    from clipsonic.checkpoint import load_checkpoint
+    from clipsonic.train_vocoder import VocoderTask, VocoderTrainingConfig
+    from clipsonic.trainloop import CHECKPOINT_NAME, train
+    from clipsonic.vocoder import BigVGANConfig
+
+    if args.segment_samples < 1 or args.discriminator_width < 1 or args.validate_every < 1:
+        args.usage_error("--segment-samples, --discriminator-width and --validate-every must be at least 1")
+    if not 0 < args.lr_decay <= 1:
+        args.usage_error("--lr-decay must be in (0, 1]")
+    if not args.audio.is_dir():
+        raise ClipsonicError(f"{args.audio}: not a folder")
+    config, device = _loop_config(args, betas=(0.8, 0.99), lr_decay=args.lr_decay, validate_every=args.validate_every)
+    model_config = BigVGANConfig.preset(args.preset)
+    settings = VocoderTrainingConfig(segment_samples=args.segment_samples, discriminator_width=args.discriminator_width)
+    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
+        saved = load_checkpoint(args.out / CHECKPOINT_NAME, "bigvgan")
+        model_config = BigVGANConfig.from_dict(saved["config"])
+        settings = VocoderTrainingConfig.from_dict(saved["extra"]["training"])
+    task = VocoderTask(args.audio, model_config, settings)
+    log.info("training a %s-parameter BigVGAN on %.1f s of audio from %s", parameter_count(task.model),
+             task.training_audio.numel() / model_config.sampling_rate, args.audio)
+    path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
+    log.info("done: %s", path)
+    return 0
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    from clipsonic.checkpoint import load_checkpoint
+    from clipsonic.data import Dataset
+    from clipsonic.prior import PriorConfig
+    from clipsonic.train_prior import PriorTask
+    from clipsonic.trainloop import CHECKPOINT_NAME, train
+
+    if not 0 <= args.text_drop < 1:
+        args.usage_error("--text-drop must be in [0, 1)")
+    config, device = _loop_config(args)
+    prior_config = PriorConfig.preset(args.preset, cond_drop_prob=args.text_drop)
+    if args.depth is not None:
+        if args.depth < 1:
+            args.usage_error("--depth must be at least 1")
+        prior_config = prior_config.replace(net=prior_config.net.replace(depth=args.depth))
+    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
+        prior_config = PriorConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME, "prior")["config"])
+    task = PriorTask(Dataset(args.dataset, split="train"), prior_config)
+    log.info("training a %s-parameter prior on %d labelled clips of %s", parameter_count(task.model),
+             len(task.records), args.dataset)
+    path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)
+    log.info("done: %s", path)
+    return 0
