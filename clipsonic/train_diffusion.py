@@ -20,7 +20,7 @@ from clipsonic.audio import LOG_FLOOR
 from clipsonic.config import Config
 from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.trainloop import StepContext, epoch_indices
 from clipsonic.unet import CHECKPOINT_KIND, CHECKPOINT_VERSION, MelNormalization, UNet, UNetConfig
 
@@ -50,8 +50,8 @@ class DiffusionTask:
         if unet_config.cond_dim != dataset.embed_dim:
             unet_config = unet_config.replace(cond_dim=dataset.embed_dim)
         if settings.crop_frames % unet_config.downsampling:
-            raise ClipsonicError(f"--crop-frames {settings.crop_frames} is not a multiple of "
-                                 f"{unet_config.downsampling} (the UNet's downsampling)")
+            raise ParameterError(f"{{option}}: not a multiple of {unet_config.downsampling} (the UNet's "
+                                 f"downsampling)", "crop_frames", settings.crop_frames)
         self.dataset, self.settings = dataset, settings
         self.records = [r for r in dataset.records if r.mel_frames >= settings.crop_frames
                         and (r.label is not None or not settings.text_cond)]

@@ -23,7 +23,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from clipsonic.audio import load_audio, mel_spectrogram
 from clipsonic.config import Config
-from clipsonic.errors import ClipsonicError
+from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, find_files
 from clipsonic.trainloop import StepContext, epoch_indices
 from clipsonic.vocoder import CHECKPOINT_KIND, CHECKPOINT_VERSION, BigVGAN, BigVGANConfig
@@ -137,8 +137,8 @@ class VocoderTask:
 
     def __init__(self, folder: str | os.PathLike, config: BigVGANConfig, settings: VocoderTrainingConfig) -> None:
         if settings.segment_samples % config.hop_size:
-            raise ClipsonicError(f"--segment-samples {settings.segment_samples} is not a multiple of the hop "
-                                 f"{config.hop_size}")
+            raise ParameterError(f"{{option}}: not a multiple of the hop {config.hop_size}", "segment_samples",
+                                 settings.segment_samples)
         audio = [load_audio(path, config.sampling_rate) for path in find_audio(Path(folder))]
         joined = torch.cat(audio)
         held_out = max(settings.segment_samples, int(joined.numel() * settings.validation_fraction))

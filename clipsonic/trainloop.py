@@ -54,6 +54,39 @@ def export_for_sampling(source: str | os.PathLike, target: str | os.PathLike, ki
 
 
 @dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """What a run's latest checkpoint says it was: the model config and the task's training settings."""
+
+    path: Path
+    config: dict[str, Any]
+    training: dict[str, Any] | None
+    extra: dict[str, Any]
+
+
+def saved_run(out_dir: str | os.PathLike, kind: str) -> SavedRun | None:
+    """The settings of the run in `out_dir` (None when it has no checkpoint yet): what a resumed
+    run must be built with, whatever the caller's defaults are."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    payload = load_checkpoint(path, kind)
+    return SavedRun(path, payload["config"], payload["extra"].get("training"), payload["extra"])
+
+
+def first_difference(before: Any, now: Any, where: str = "") -> str | None:
+    """The first field where two config dicts differ, as "name=before, not now"; None when equal."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in sorted(set(before) | set(now)):
+            found = first_difference(before.get(key), now.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(before, (list, tuple)) and isinstance(now, (list, tuple)) and list(before) == list(now):
+        return None
+    return None if before == now else f"{where or 'its settings'}={before!r}, not {now!r}"
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
     steps: int = 500_000
     batch_size: int = 32  # global: split over the ranks
@@ -243,9 +276,15 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             raise TrainingError(f"{latest}: nothing to resume from")
         saved = load_checkpoint(latest, task.kind, max_version=task.version)
         extra = saved["extra"]
+        for what, before, now in (("model", saved["config"], task.checkpoint_config()),
+                                  ("training", extra.get("training"), task.checkpoint_extra().get("training"))):
+            difference = first_difference(before, now)
+            if difference:
+                raise TrainingError(f"{latest}: its {what} settings were {difference}; resume with the checkpoint's "
+                                    f"settings (saved_run reads them) or start a new run")
         if extra["train_config"] != {**config.to_dict(), "steps": extra["train_config"]["steps"]}:
-            raise TrainingError(f"{latest}: was trained with other settings; resume with the same options "
-                                f"(only --steps may change)")
+            raise TrainingError(f"{latest}: was trained with other loop settings; resume with the same ones "
+                                f"(only the number of steps may change)")
         model.load_state_dict(extra["model"])
         ema.model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(extra["optimizer"])
@@ -257,7 +296,7 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
         if dist.main:
             log.info("resuming %s at step %d", latest, step)
     elif latest.is_file():
-        raise TrainingError(f"{latest} exists: pass --resume to continue it, or choose another --out")
+        raise TrainingError(f"{latest} exists: resume it (resume=True) or choose another output folder")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     wrapped = model
@@ -356,8 +395,7 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             if stopping:
                 if bar is not None:
                     bar.close()
-                raise Interrupted(f"stopped by a signal at step {step}; saved {latest}; "
-                                  f"continue with the same command and --resume")
+                raise Interrupted(f"stopped by a signal at step {step}; saved {latest}; resume it to go on")
     if bar is not None:
         bar.close()
     return latest

@@ -5,6 +5,7 @@ import is a dependency too), except those under `if TYPE_CHECKING:`, which never
 """
 
 import ast
+import re
 from pathlib import Path
 
 import clipsonic
@@ -93,3 +94,48 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+
+
+def _raised_texts(tree: ast.AST):
+    """(line, text) of every string constant inside a `raise` statement."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    yield node.lineno, part.value
+
+
+def test_library_errors_name_parameters_not_flags():
+    """Errors raised outside the CLI speak of parameters (the CLI translates a ParameterError into its flag)."""
+    offenders = []
+    for name, path in _modules().items():
+        if name == "clipsonic.cli" or name.startswith("clipsonic.cli."):
+            continue
+        for line, text in _raised_texts(ast.parse(path.read_text(encoding="utf-8"))):
+            if FLAG.search(text):
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}")
+    assert offenders == []
+
+
+def test_a_parameter_error_reads_as_a_parameter_or_as_a_flag():
+    from clipsonic.errors import ParameterError
+    from clipsonic.runtime import resolve_device
+
+    try:
+        resolve_device("tpu")
+    except ParameterError as error:
+        assert str(error).startswith("device='tpu': expected auto, cpu")
+        assert error.for_cli().startswith("--device tpu: expected auto, cpu")
+    else:
+        raise AssertionError("no error")
+
+
+def test_only_the_cli_imports_the_cli():
+    modules = _modules()
+    shell = {name for name in modules if name == "clipsonic.cli" or name.startswith("clipsonic.cli.")}
+    reaching = {name: sorted(_imports(name, path, modules) & shell) for name, path in modules.items()
+                if name not in shell and name != "clipsonic.__main__"}
+    assert {name: found for name, found in reaching.items() if found} == {}

@@ -87,12 +87,31 @@ def test_resume_is_exact(toy, tmp_path):
 def test_run_folder_guards(toy, tmp_path):
     config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)
     train(tiny_task(toy), config, tmp_path, progress=False)
-    with pytest.raises(TrainingError, match="exists: pass --resume"):
+    with pytest.raises(TrainingError, match="exists: resume it"):
         train(tiny_task(toy), config, tmp_path, progress=False)
-    with pytest.raises(TrainingError, match="other settings"):
+    with pytest.raises(TrainingError, match="other loop settings"):
         train(tiny_task(toy), config.replace(lr=5e-4), tmp_path, resume=True, progress=False)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(tiny_task(toy), config, tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_resuming_with_another_model_or_training_setting_names_the_field(toy, tmp_path):
+    from clipsonic.trainloop import first_difference, saved_run
+
+    config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)
+    train(tiny_task(toy), config, tmp_path, progress=False)
+    wider = DiffusionTask(Dataset(toy, split="train"), UNetConfig.preset("tiny").replace(model_channels=16), SETTINGS)
+    with pytest.raises(TrainingError, match=r"its model settings were model_channels=32, not 16; resume with the "
+                                            r"checkpoint's settings"):
+        train(wider, config, tmp_path, resume=True, progress=False)
+    other = tiny_task(toy, SETTINGS.replace(crop_frames=2 * SETTINGS.crop_frames))
+    with pytest.raises(TrainingError, match=rf"its training settings were crop_frames={SETTINGS.crop_frames}, not"):
+        train(other, config, tmp_path, resume=True, progress=False)
+    saved = saved_run(tmp_path, "unet")  # what a caller builds a resumed task from
+    assert UNetConfig.from_dict(saved.config) == UNetConfig.preset("tiny").replace(cond_dim=saved.config["cond_dim"])
+    assert saved.training == SETTINGS.to_dict() and saved_run(tmp_path / "none", "unet") is None
+    assert first_difference({"a": {"b": 1}}, {"a": {"b": 2}}) == "a.b=1, not 2"
+    assert first_difference({"a": (1, 2)}, {"a": [1, 2]}) is None
 
 
 class ExplodingTask:

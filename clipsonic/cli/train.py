@@ -75,10 +75,9 @@ def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from clipsonic.checkpoint import load_checkpoint
     from clipsonic.data import Dataset
     from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-    from clipsonic.trainloop import CHECKPOINT_NAME, train
+    from clipsonic.trainloop import saved_run, train
     from clipsonic.unet import MelNormalization, UNetConfig
 
     if args.crop_frames < 1:
@@ -88,13 +87,10 @@ def _train(args: argparse.Namespace) -> int:
     config, device = _loop_config(args)
     settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond)
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
-    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
-        saved = load_checkpoint(args.out / CHECKPOINT_NAME, "unet")
-        if saved["extra"].get("training") != settings.to_dict():
-            raise ClipsonicError(f"{args.out / CHECKPOINT_NAME}: was trained with other --crop-frames/--cond-drop/"
-                                 f"--text-cond settings")
-        unet_config = UNetConfig.from_dict(saved["config"])
-        mel_norm = MelNormalization.from_dict(saved["extra"]["mel_norm"])
+    saved = saved_run(args.out, "unet") if args.resume else None
+    if saved is not None:  # the model as it was built; the training options given must match (train checks)
+        unet_config = UNetConfig.from_dict(saved.config)
+        mel_norm = MelNormalization.from_dict(saved.extra["mel_norm"])
     task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
     log.info("training a %s-parameter UNet on %d clips of %s", parameter_count(task.model), len(task.records),
              args.dataset)
@@ -119,9 +115,8 @@ def _loop_config(args: argparse.Namespace, **settings):
 
 
 def _train_vocoder(args: argparse.Namespace) -> int:
-    from clipsonic.checkpoint import load_checkpoint
     from clipsonic.train_vocoder import VocoderTask, VocoderTrainingConfig
-    from clipsonic.trainloop import CHECKPOINT_NAME, train
+    from clipsonic.trainloop import saved_run, train
     from clipsonic.vocoder import BigVGANConfig
 
     if args.segment_samples < 1 or args.discriminator_width < 1 or args.validate_every < 1:
@@ -133,10 +128,10 @@ def _train_vocoder(args: argparse.Namespace) -> int:
     config, device = _loop_config(args, betas=(0.8, 0.99), lr_decay=args.lr_decay, validate_every=args.validate_every)
     model_config = BigVGANConfig.preset(args.preset)
     settings = VocoderTrainingConfig(segment_samples=args.segment_samples, discriminator_width=args.discriminator_width)
-    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
-        saved = load_checkpoint(args.out / CHECKPOINT_NAME, "bigvgan")
-        model_config = BigVGANConfig.from_dict(saved["config"])
-        settings = VocoderTrainingConfig.from_dict(saved["extra"]["training"])
+    saved = saved_run(args.out, "bigvgan") if args.resume else None
+    if saved is not None:
+        model_config = BigVGANConfig.from_dict(saved.config)
+        settings = VocoderTrainingConfig.from_dict(saved.training)
     task = VocoderTask(args.audio, model_config, settings)
     log.info("training a %s-parameter BigVGAN on %.1f s of audio from %s", parameter_count(task.model),
              task.training_audio.numel() / model_config.sampling_rate, args.audio)
@@ -146,11 +141,10 @@ def _train_vocoder(args: argparse.Namespace) -> int:
 
 
 def _train_prior(args: argparse.Namespace) -> int:
-    from clipsonic.checkpoint import load_checkpoint
     from clipsonic.data import Dataset
     from clipsonic.prior import PriorConfig
     from clipsonic.train_prior import PriorTask
-    from clipsonic.trainloop import CHECKPOINT_NAME, train
+    from clipsonic.trainloop import saved_run, train
 
     if not 0 <= args.text_drop < 1:
         args.usage_error("--text-drop must be in [0, 1)")
@@ -160,8 +154,9 @@ def _train_prior(args: argparse.Namespace) -> int:
         if args.depth < 1:
             args.usage_error("--depth must be at least 1")
         prior_config = prior_config.replace(net=prior_config.net.replace(depth=args.depth))
-    if args.resume and (args.out / CHECKPOINT_NAME).is_file():
-        prior_config = PriorConfig.from_dict(load_checkpoint(args.out / CHECKPOINT_NAME, "prior")["config"])
+    saved = saved_run(args.out, "prior") if args.resume else None
+    if saved is not None:
+        prior_config = PriorConfig.from_dict(saved.config)
     task = PriorTask(Dataset(args.dataset, split="train"), prior_config)
     log.info("training a %s-parameter prior on %d labelled clips of %s", parameter_count(task.model),
              len(task.records), args.dataset)
