@@ -494,6 +494,24 @@ def config_from_laion(config: str | os.PathLike | dict) -> PriorConfig:
                        cond_drop_prob=prior.get("cond_drop_prob", 0.1))
 
 
+@dataclasses.dataclass(frozen=True)
+class PriorCheckpointInfo:
+    """What our prior checkpoints record beside the weights and config (their "extra"); written and
+    read only through this class. Fields absent from older files take the defaults."""
+
+    origin: str = "trained"  # "trained" (train-prior: the SD variant) or "laion" (LAION's weights: PD)
+    clip: dict | None = None  # which CLIP made the training embeddings, when trained here
+    text_template: str | None = None  # the caption the labels were encoded in, when trained here
+
+    def to_extra(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_extra(cls, extra: dict) -> "PriorCheckpointInfo":
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in extra.items() if key in names})
+
+
 def load_prior(path: str | os.PathLike, config: str | os.PathLike | dict | PriorConfig | None = None,
                dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> DiffusionPrior:
     """A prior in eval mode from our checkpoint or LAION's file (plain, or under "ema"/"model";
@@ -506,7 +524,7 @@ def load_prior(path: str | os.PathLike, config: str | os.PathLike | dict | Prior
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith("clipsonic."):
         ours = load_checkpoint(source, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
         prior_config, state = PriorConfig.from_dict(ours["config"]), ours["state_dict"]
-        origin = ours["extra"].get("origin", "trained")
+        origin = PriorCheckpointInfo.from_extra(ours["extra"]).origin
     else:
         origin = "laion"
         state = _unwrap(payload, source)
@@ -540,4 +558,4 @@ def save_prior(path: str | os.PathLike, model: DiffusionPrior) -> Path:
     """Our checkpoint of `model` (float32), remembering where its weights came from."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     return save_checkpoint(path, CHECKPOINT_KIND, model.config, state, version=CHECKPOINT_VERSION,
-                           extra={"origin": model.origin})
+                           extra=PriorCheckpointInfo(origin=model.origin).to_extra())

@@ -21,8 +21,8 @@ from clipsonic.config import Config
 from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.errors import ClipsonicError, ParameterError
-from clipsonic.trainloop import StepContext, epoch_indices
-from clipsonic.unet import CHECKPOINT_KIND, CHECKPOINT_VERSION, MelNormalization, UNet, UNetConfig
+from clipsonic.trainloop import StepContext, Task, epoch_indices
+from clipsonic.unet import CHECKPOINT_KIND, CHECKPOINT_VERSION, MelNormalization, UNet, UNetCheckpointInfo, UNetConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ def mel_normalization(dataset: Dataset, clips: int = 256) -> MelNormalization:
     return MelNormalization(low=math.log(LOG_FLOOR), high=math.ceil(max(peak, 0.0) * 2 + 1e-9) / 2)
 
 
-class DiffusionTask:
+class DiffusionTask(Task):
     kind = CHECKPOINT_KIND
     version = CHECKPOINT_VERSION
 
@@ -96,7 +96,6 @@ class DiffusionTask:
         return self.model.config.to_dict()
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"mel_norm": self.mel_norm.to_dict(), "mel_config": self.dataset.mel_config.to_dict(),
-                "condition": "text" if self.settings.text_cond else "image", "embed_dim": self.dataset.embed_dim,
-                "diffusion_steps": self.settings.diffusion_steps, "clip": self.dataset.info.get("clip"),
-                "training": self.settings.to_dict()}
+        return UNetCheckpointInfo(self.mel_norm, self.dataset.mel_config, "text" if self.settings.text_cond else "image",
+                                  self.dataset.embed_dim, self.settings.diffusion_steps, self.dataset.info.get("clip"),
+                                  self.settings.to_dict()).to_extra()

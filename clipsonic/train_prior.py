@@ -16,11 +16,11 @@ import torch
 
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError
-from clipsonic.prior import CHECKPOINT_KIND, CHECKPOINT_VERSION, DiffusionPrior, PriorConfig
-from clipsonic.trainloop import StepContext, epoch_indices
+from clipsonic.prior import CHECKPOINT_KIND, CHECKPOINT_VERSION, DiffusionPrior, PriorCheckpointInfo, PriorConfig
+from clipsonic.trainloop import StepContext, Task, epoch_indices
 
 
-class PriorTask:
+class PriorTask(Task):
     kind = CHECKPOINT_KIND
     version = CHECKPOINT_VERSION
 
@@ -59,4 +59,4 @@ class PriorTask:
         return self.model.config.to_dict()
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"clip": self.dataset.info.get("clip"), "text_template": self.dataset.text_template, "origin": "trained"}
+        return PriorCheckpointInfo("trained", self.dataset.info.get("clip"), self.dataset.text_template).to_extra()

@@ -25,7 +25,7 @@ from clipsonic.audio import load_audio, mel_spectrogram
 from clipsonic.config import Config
 from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, find_files
-from clipsonic.trainloop import StepContext, epoch_indices
+from clipsonic.trainloop import StepContext, StepLoss, Task, epoch_indices
 from clipsonic.vocoder import CHECKPOINT_KIND, CHECKPOINT_VERSION, BigVGAN, BigVGANConfig
 
 # Audio files, and videos (their soundtrack is decoded by ffmpeg): the folder `preprocess` reads works too.
@@ -131,7 +131,7 @@ def find_audio(folder: Path) -> list[Path]:
     return files
 
 
-class VocoderTask:
+class VocoderTask(Task):
     kind = CHECKPOINT_KIND
     version = CHECKPOINT_VERSION
 
@@ -149,8 +149,6 @@ class VocoderTask:
         self.settings, self.config = settings, config
         self.model = with_weight_norm(BigVGAN(config))
         self.adversary = Discriminators(settings.discriminator_width)
-        self.last_metrics: dict[str, float] = {}
-        self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
         self.starts = self.training_audio.numel() - settings.segment_samples + 1
 
     def _segments(self, context: StepContext) -> torch.Tensor:
@@ -165,7 +163,7 @@ class VocoderTask:
     def _mel(self, wav: torch.Tensor) -> torch.Tensor:
         return mel_spectrogram(wav[:, 0], self.config.mel_config)
 
-    def loss(self, model: nn.Module, context: StepContext) -> torch.Tensor:
+    def loss(self, model: nn.Module, context: StepContext) -> StepLoss:
         real = self._segments(context)
         mel = self._mel(real)
         fake = model(mel)
@@ -177,18 +175,19 @@ class VocoderTask:
         for (fake_logits, fake_features), (_, real_features) in zip(adversary(fake), judged_real):
             adversarial = adversarial + torch.mean((1 - fake_logits) ** 2)
             matching = matching + sum(F.l1_loss(f, r.detach()) for f, r in zip(fake_features, real_features))
-        self._pair = (real, fake.detach())
-        self.last_metrics = {"mel_l1": float(mel_loss.detach()), "adversarial": float(adversarial.detach())}
-        return adversarial + self.settings.feature_weight * matching + self.settings.mel_weight * mel_loss
+        return StepLoss(adversarial + self.settings.feature_weight * matching + self.settings.mel_weight * mel_loss,
+                        {"mel_l1": float(mel_loss.detach()), "adversarial": float(adversarial.detach())},
+                        adversary_batch=(real, fake.detach()))
 
-    def adversary_loss(self, adversary: nn.Module, context: StepContext) -> torch.Tensor:
-        real, fake = self._pair
-        batch = real.shape[0]
+    def adversary_loss(self, adversary: nn.Module, context: StepContext,
+                       batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
+        """The discriminators' least-squares loss on this step's real and generated audio."""
+        real, fake = batch
+        count = real.shape[0]
         # One call on real and fake together: a data-parallel wrapper must see one forward per step.
         judged = adversary(torch.cat([real, fake]))
-        loss = sum(torch.mean((1 - logits[:batch]) ** 2) + torch.mean(logits[batch:] ** 2) for logits, _ in judged)
-        self.last_metrics["discriminator"] = float(loss.detach())
-        return loss
+        loss = sum(torch.mean((1 - logits[:count]) ** 2) + torch.mean(logits[count:] ** 2) for logits, _ in judged)
+        return StepLoss(loss, {"discriminator": float(loss.detach())})
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:

@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,8 +40,28 @@ class TrainingError(ClipsonicError):
     """Training cannot go on (a NaN loss, an incompatible checkpoint)."""
 
 
-# What a checkpoint holds only to resume training; a checkpoint for sampling needs none of it.
-RESUME_STATE = ("model", "optimizer", "rng", "adversary", "adversary_optimizer")
+@dataclasses.dataclass
+class ResumeState:
+    """What a training checkpoint holds only to resume (beside the EMA weights, config and the task's
+    metadata); a checkpoint for sampling needs none of it. Written and read only through this class."""
+
+    model: dict[str, Any]  # the raw (not averaged) weights
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    adversary: dict[str, Any] | None = None  # a GAN's discriminator and its optimizer
+    adversary_optimizer: dict[str, Any] | None = None
+
+    def to_extra(self) -> dict[str, Any]:
+        """The checkpoint "extra" entries (tensors shared, not copied; absent parts left out)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if getattr(self, field.name) is not None}
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> "ResumeState":
+        return cls(**{name: extra.get(name) for name in RESUME_STATE})
+
+
+RESUME_STATE = tuple(field.name for field in dataclasses.fields(ResumeState))
 
 
 def export_for_sampling(source: str | os.PathLike, target: str | os.PathLike, kind: str) -> Path:
@@ -117,24 +137,44 @@ class StepContext:
     device: torch.device
 
 
-class Task(Protocol):
+@dataclasses.dataclass
+class StepLoss:
+    """What a task's loss for one step is: the value to minimise, numbers to log with it, and for a
+    GAN what the adversary judges next (the real and the generated batch)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    adversary_batch: Any = None
+
+
+class Task:
     """What a trainer trains: the model, how one rank's loss is drawn, what its checkpoint records.
 
-    Optional: an ``adversary`` module (a GAN's discriminator) with ``adversary_loss(adversary,
-    context)``, stepped by its own optimizer right after the model's step; ``validate(model)``
-    returning metrics logged every ``validate_every`` steps; ``last_metrics``, a dict of extra
-    numbers logged with the loss.
+    A GAN sets `adversary` (its discriminator) and implements `adversary_loss`, stepped by its own
+    optimizer right after the model's step; a task that can validate returns metrics from
+    `validate`, logged every ``validate_every`` steps.
     """
 
     kind: str  # checkpoint kind, e.g. "unet"
     version: int
     model: nn.Module
+    adversary: nn.Module | None = None
 
-    def loss(self, model: nn.Module, context: StepContext) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, context: StepContext) -> torch.Tensor | StepLoss:
+        raise NotImplementedError
 
-    def checkpoint_config(self) -> dict[str, Any]: ...
+    def adversary_loss(self, adversary: nn.Module, context: StepContext, batch: Any) -> StepLoss:
+        """The adversary's loss on `batch`, the `adversary_batch` of this step's `loss`."""
+        raise NotImplementedError(f"{type(self).__name__} has no adversary")
 
-    def checkpoint_extra(self) -> dict[str, Any]: ...
+    def validate(self, model: nn.Module) -> dict[str, float] | None:
+        return None
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 @dataclasses.dataclass
@@ -263,7 +303,7 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
     ema = EMA(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
-    adversary = getattr(task, "adversary", None)
+    adversary = task.adversary
     adversary_optimizer = None
     if adversary is not None:
         adversary = adversary.to(dist.device).train()
@@ -285,14 +325,15 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
         if extra["train_config"] != {**config.to_dict(), "steps": extra["train_config"]["steps"]}:
             raise TrainingError(f"{latest}: was trained with other loop settings; resume with the same ones "
                                 f"(only the number of steps may change)")
-        model.load_state_dict(extra["model"])
+        state = ResumeState.from_extra(extra)
+        model.load_state_dict(state.model)
         ema.model.load_state_dict(saved["state_dict"])
-        optimizer.load_state_dict(extra["optimizer"])
+        optimizer.load_state_dict(state.optimizer)
         if adversary is not None:
-            adversary.load_state_dict(extra["adversary"])
-            adversary_optimizer.load_state_dict(extra["adversary_optimizer"])
+            adversary.load_state_dict(state.adversary)
+            adversary_optimizer.load_state_dict(state.adversary_optimizer)
         step = int(extra["step"])
-        torch.set_rng_state(extra["rng"]["torch"])
+        torch.set_rng_state(state.rng["torch"])
         if dist.main:
             log.info("resuming %s at step %d", latest, step)
     elif latest.is_file():
@@ -311,10 +352,10 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     def save(at_step: int) -> Path:
-        extra = {**task.checkpoint_extra(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": at_step, "rng": _rng_state(), "train_config": config.to_dict()}  # see RESUME_STATE
-        if adversary is not None:
-            extra.update(adversary=adversary.state_dict(), adversary_optimizer=adversary_optimizer.state_dict())
+        state = ResumeState(model.state_dict(), optimizer.state_dict(), _rng_state(),
+                            None if adversary is None else adversary.state_dict(),
+                            None if adversary is None else adversary_optimizer.state_dict())
+        extra = {**task.checkpoint_extra(), **state.to_extra(), "step": at_step, "train_config": config.to_dict()}
         path = save_checkpoint(latest, task.kind, task.checkpoint_config(), ema.model.state_dict(),
                                version=task.version, extra=extra)
         if config.keep > 0:
@@ -340,7 +381,9 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             for group in [*optimizer.param_groups, *(adversary_optimizer.param_groups if adversary else [])]:
                 group["lr"] = config.lr * config.lr_decay**step
             with autocast:
-                loss = task.loss(wrapped, context)
+                result = task.loss(wrapped, context)
+            result = result if isinstance(result, StepLoss) else StepLoss(result)
+            loss, metrics = result.loss, dict(result.metrics)
             if not torch.isfinite(loss.detach()).all():
                 where = f"{latest} (step {last_saved})" if latest.is_file() else "none was written yet"
                 raise TrainingError(f"loss became {loss.item()} at step {step}; training stopped. "
@@ -352,7 +395,9 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             ema.update(model)
             if adversary is not None:
                 with autocast:
-                    adversary_loss = task.adversary_loss(wrapped_adversary, context)
+                    judged = task.adversary_loss(wrapped_adversary, context, result.adversary_batch)
+                adversary_loss = judged.loss
+                metrics.update(judged.metrics)
                 if not torch.isfinite(adversary_loss.detach()).all():
                     raise TrainingError(f"the adversary's loss became {adversary_loss.item()} at step {step}; "
                                         f"training stopped. The last good checkpoint is kept: {latest}")
@@ -371,15 +416,17 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             if dist.main and (step % config.log_every == 0 or step == config.steps):
                 rate = (step - last_saved) / max(time.perf_counter() - started, 1e-9)
                 record = {"step": step, "loss": value, "loss_smoothed": smoothed, "grad_norm": grad_norm,
-                          "steps_per_s": rate, **getattr(task, "last_metrics", {})}
+                          "steps_per_s": rate, **metrics}
                 with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
-            if dist.main and hasattr(task, "validate") and (step % config.validate_every == 0 or step == config.steps):
-                metrics = task.validate(ema.model)
+            validation = task.validate(ema.model) if dist.main and (
+                step % config.validate_every == 0 or step == config.steps) else None
+            if validation:
                 if bar is not None:
-                    bar.set_postfix(loss=f"{smoothed:.4f}", **{k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+                    bar.set_postfix(loss=f"{smoothed:.4f}", **{k: f"{v:.4f}" for k, v in validation.items()},
+                                    refresh=False)
                 with open(out / "log.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"step": step, "validation": metrics}) + "\n")
+                    handle.write(json.dumps({"step": step, "validation": validation}) + "\n")
             stopping = _agree(stop.signal is not None, dist)
             if step % config.save_every == 0 or step == config.steps or stopping:
                 _check_replicas(model, dist, step)

@@ -270,9 +270,36 @@ class SpectrogramModel:
     clip: dict | None  # which CLIP produced the training embeddings, when known
 
 
+@dataclasses.dataclass(frozen=True)
+class UNetCheckpointInfo:
+    """What a UNet checkpoint records beside the weights and config (its "extra"): what sampling
+    needs to know about the model. Written (`DiffusionTask`) and read (`load_unet`) only through
+    this class."""
+
+    mel_norm: MelNormalization
+    mel_config: "MelConfig"
+    condition: str  # "image" (CLIPSonic) or "text" (the CLIP-TTA baseline)
+    embed_dim: int
+    diffusion_steps: int
+    clip: dict | None = None  # which CLIP produced the training embeddings, when known
+    training: dict | None = None  # the task's training settings (crop, condition dropout, ...)
+
+    def to_extra(self) -> dict:
+        return {"mel_norm": self.mel_norm.to_dict(), "mel_config": self.mel_config.to_dict(),
+                "condition": self.condition, "embed_dim": self.embed_dim, "diffusion_steps": self.diffusion_steps,
+                "clip": self.clip, "training": self.training}
+
+    @classmethod
+    def from_extra(cls, extra: dict) -> "UNetCheckpointInfo":
+        from clipsonic.audio import MelConfig
+
+        return cls(MelNormalization.from_dict(extra["mel_norm"]), MelConfig.from_dict(extra["mel_config"]),
+                   extra["condition"], int(extra["embed_dim"]), int(extra["diffusion_steps"]), extra.get("clip"),
+                   extra.get("training"))
+
+
 def load_unet(path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> SpectrogramModel:
     """The EMA weights of a `clipsonic train` checkpoint, ready to sample."""
-    from clipsonic.audio import MelConfig
     from clipsonic.checkpoint import load_checkpoint, load_state_dict_strict
     from clipsonic.nn import set_precision
 
@@ -284,7 +311,6 @@ def load_unet(path, dtype: torch.dtype | None = None, device: torch.device | str
     unet = unet.to(device).eval()
     if unet.dtype != torch.float32 and torch.device(device).type == "cpu":
         unet = unet.to(memory_format=torch.channels_last)  # oneDNN's fast layout for bf16 convolutions
-    return SpectrogramModel(unet=unet, mel_norm=MelNormalization.from_dict(extra["mel_norm"]),
-                            mel_config=MelConfig.from_dict(extra["mel_config"]), condition=extra["condition"],
-                            embed_dim=int(extra["embed_dim"]), diffusion_steps=int(extra["diffusion_steps"]),
-                            clip=extra.get("clip"))
+    info = UNetCheckpointInfo.from_extra(extra)
+    return SpectrogramModel(unet=unet, mel_norm=info.mel_norm, mel_config=info.mel_config, condition=info.condition,
+                            embed_dim=info.embed_dim, diffusion_steps=info.diffusion_steps, clip=info.clip)

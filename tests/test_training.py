@@ -13,7 +13,7 @@ from clipsonic.checkpoint import load_checkpoint
 from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion, classifier_free_guidance
 from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-from clipsonic.trainloop import StepContext, TrainConfig, TrainingError, epoch_indices, train
+from clipsonic.trainloop import StepContext, Task, TrainConfig, TrainingError, epoch_indices, train
 from clipsonic.unet import UNetConfig, load_unet
 from toydata import BANDS, LABELS, class_embedding, make_toy_dataset
 
@@ -114,7 +114,7 @@ def test_resuming_with_another_model_or_training_setting_names_the_field(toy, tm
     assert first_difference({"a": (1, 2)}, {"a": [1, 2]}) is None
 
 
-class ExplodingTask:
+class ExplodingTask(Task):
     kind, version = "unet", 1
 
     def __init__(self):
@@ -212,3 +212,20 @@ def test_tiny_unet_learns_two_classes(toy, tmp_path):
             assert own < other
             low, high = BANDS[index]
             assert sample[low:high].mean() > sample[BANDS[1 - index][0]:BANDS[1 - index][1]].mean() + 3
+
+
+def test_checkpoint_metadata_is_written_and_read_through_one_class(toy, tmp_path):
+    from clipsonic.prior import PriorCheckpointInfo
+    from clipsonic.trainloop import RESUME_STATE, ResumeState
+    from clipsonic.unet import UNetCheckpointInfo
+
+    config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)
+    path = train(tiny_task(toy), config, tmp_path, progress=False)
+    extra = load_checkpoint(path, "unet")["extra"]
+    info = UNetCheckpointInfo.from_extra(extra)
+    assert UNetCheckpointInfo.from_extra(info.to_extra()) == info and info.condition == "image"
+    assert set(RESUME_STATE) == {"model", "optimizer", "rng", "adversary", "adversary_optimizer"}
+    state = ResumeState.from_extra(extra)
+    assert state.adversary is None and set(state.to_extra()) == {"model", "optimizer", "rng"}
+    assert PriorCheckpointInfo.from_extra({}).origin == "trained"  # files from before the class: defaults
+    assert PriorCheckpointInfo.from_extra({"origin": "laion", "unknown": 1}) == PriorCheckpointInfo("laion")

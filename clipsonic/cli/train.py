@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     from clipsonic.data import Dataset
     from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
     from clipsonic.trainloop import saved_run, train
-    from clipsonic.unet import MelNormalization, UNetConfig
+    from clipsonic.unet import UNetCheckpointInfo, UNetConfig
 
     if args.crop_frames < 1:
         args.usage_error("--crop-frames must be at least 1")
@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
     saved = saved_run(args.out, "unet") if args.resume else None
     if saved is not None:  # the model as it was built; the training options given must match (train checks)
         unet_config = UNetConfig.from_dict(saved.config)
-        mel_norm = MelNormalization.from_dict(saved.extra["mel_norm"])
+        mel_norm = UNetCheckpointInfo.from_extra(saved.extra).mel_norm
     task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
     log.info("training a %s-parameter UNet on %d clips of %s", parameter_count(task.model), len(task.records),
              args.dataset)
