@@ -229,3 +229,23 @@ def test_checkpoint_metadata_is_written_and_read_through_one_class(toy, tmp_path
     assert state.adversary is None and set(state.to_extra()) == {"model", "optimizer", "rng"}
     assert PriorCheckpointInfo.from_extra({}).origin == "trained"  # files from before the class: defaults
     assert PriorCheckpointInfo.from_extra({"origin": "laion", "unknown": 1}) == PriorCheckpointInfo("laion")
+
+
+@pytest.mark.parametrize("command,expected", [
+    (["train", "data", "--out", "run"], dict(steps=500_000, batch_size=32, weight_decay=0.0, ema_decay=0.9999)),
+    (["train-prior", "data", "--out", "run"], dict(steps=200_000, batch_size=32, weight_decay=0.06)),
+    (["train-vocoder", "audio", "--out", "run"], dict(steps=500_000, batch_size=16, weight_decay=0.01, ema_decay=0.0)),
+    (["train", "data", "--out", "run", "--ema", "0.5", "--keep", "0", "--bf16", "--lr", "3e-4", "--save-every", "7"],
+     dict(ema_decay=0.5, keep=0, bf16=True, lr=3e-4, save_every=7)),
+])
+def test_loop_options_come_from_train_config(command, expected):
+    from clipsonic.cli import build_parser
+    from clipsonic.cli.common import COMMON_DEFAULTS
+    from clipsonic.cli.train import _loop_config
+
+    args = build_parser().parse_args(command)
+    for name, value in COMMON_DEFAULTS.items():
+        setattr(args, name, getattr(args, name, value))
+    config, _ = _loop_config(args)
+    base = TrainConfig(lr=1e-4, grad_clip=1.0, save_every=5000, keep=2, log_every=100, bf16=False)
+    assert config == base.replace(**expected)

@@ -52,24 +52,28 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     vocoder.add_argument("--segment-samples", type=int, default=32768, help="training segment length in samples")
     vocoder.add_argument("--discriminator-width", type=int, default=32, help="discriminators' base channel count")
     vocoder.add_argument("--validate-every", type=int, default=1000, help="held-out mel-L1 interval in steps")
-    _add_loop_options(vocoder, steps=500_000, weight_decay=0.01, batch_size=16, ema=0.0)
+    _add_loop_options(vocoder, steps=500_000, weight_decay=0.01, batch_size=16, ema_decay=0.0)
     vocoder.add_argument("--lr-decay", type=float, default=0.9999996, help="per-step learning-rate decay factor")
     vocoder.set_defaults(handler=_train_vocoder)
 
 
-def _add_loop_options(parser: argparse.ArgumentParser, steps: int, weight_decay: float, batch_size: int = 32,
-                      ema: float = 0.9999) -> None:
-    """The optimisation and checkpointing options the trainers share."""
-    parser.add_argument("--steps", type=int, default=steps, help="total optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="global batch size (split over processes)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay")
-    parser.add_argument("--ema", type=float, default=ema, help="EMA decay of the weights that sampling uses (0: none)")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm limit (0: none)")
-    parser.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
-    parser.add_argument("--save-every", type=int, default=5000, help="checkpoint interval in steps")
-    parser.add_argument("--keep", type=int, default=2, help="numbered checkpoints kept besides the latest")
-    parser.add_argument("--log-every", type=int, default=100, help="log.jsonl interval in steps")
+def _add_loop_options(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The optimisation and checkpointing options the trainers share: TrainConfig's `_option` fields,
+    with this command's `defaults` (by field name)."""
+    import dataclasses
+
+    from clipsonic.trainloop import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        if "help" not in field.metadata:
+            continue
+        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+        default = defaults.get(field.name, field.default)
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, dest=field.name, action="store_true", help=field.metadata["help"])
+        else:
+            parser.add_argument(flag, dest=field.name, type=type(field.default), default=default,
+                                metavar=flag.removeprefix("--").replace("-", "_").upper(), help=field.metadata["help"])
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -101,16 +105,21 @@ def _train(args: argparse.Namespace) -> int:
 
 def _loop_config(args: argparse.Namespace, **settings):
     """The TrainConfig and device that the trainers' options describe (`settings` override)."""
+    import dataclasses
+
     from clipsonic import runtime
     from clipsonic.trainloop import TrainConfig
 
-    for name in ("steps", "batch_size", "save_every", "log_every"):
-        if getattr(args, name) < 1:
-            args.usage_error(f"--{name.replace('_', '-')} must be at least 1")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         ema_decay=args.ema, grad_clip=args.grad_clip, bf16=args.bf16 or args.dtype == "bf16",
-                         save_every=args.save_every, keep=args.keep, log_every=args.log_every,
-                         seed=args.seed if args.seed is not None else 0, **settings)
+    given = {}
+    for field in dataclasses.fields(TrainConfig):
+        if "help" in field.metadata:
+            given[field.name] = getattr(args, field.name)
+            bound = field.metadata["at_least"]
+            if bound is not None and given[field.name] < bound:
+                flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+                args.usage_error(f"{flag} must be at least {bound}")
+    given["bf16"] = given["bf16"] or args.dtype == "bf16"
+    config = TrainConfig(**given, seed=args.seed if args.seed is not None else 0, **settings)
     return config, runtime.resolve_device(args.device)
 
 
