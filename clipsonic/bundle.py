@@ -200,7 +200,7 @@ def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.
     checkpoint stripped to what sampling needs. An existing bundle in `out` is replaced at once."""
     from clipsonic.checkpoint import verify_reload
     from clipsonic.clip import load_clip, save_clip
-    from clipsonic.trainloop import export_for_sampling
+    from clipsonic.train.loop import export_for_sampling
 
     target = Path(out)
     if target.exists() and not target.is_dir():

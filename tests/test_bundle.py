@@ -14,9 +14,9 @@ from clipsonic.data import Dataset
 from clipsonic.errors import CheckpointError, ClipsonicError
 from clipsonic.pipeline import Pipeline
 from clipsonic.prior import PriorConfig
-from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-from clipsonic.train_prior import PriorTask
-from clipsonic.trainloop import TrainConfig, train
+from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
+from clipsonic.train.prior import PriorTask
+from clipsonic.train.loop import TrainConfig, train
 from clipsonic.unet import UNetConfig
 from toydata import make_toy_dataset
 

@@ -16,7 +16,7 @@ from clipsonic.eval.evaluate import real_audio
 from clipsonic.data.labels import read_labels
 from clipsonic.media import decode_audio
 from clipsonic.data.preprocess import PreprocessConfig, preprocess, read_skipped
-from clipsonic.train_vocoder import find_audio
+from clipsonic.train.vocoder import find_audio
 from conftest import make_video
 
 SETTINGS = PreprocessConfig(shard_clips=2)

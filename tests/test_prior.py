@@ -11,8 +11,8 @@ from clipsonic import clip, prior
 from clipsonic.checkpoint import load_checkpoint
 from clipsonic.data import Dataset
 from clipsonic.errors import CheckpointError, ConfigError
-from clipsonic.train_prior import PriorTask
-from clipsonic.trainloop import TrainConfig, train
+from clipsonic.train.prior import PriorTask
+from clipsonic.train.loop import TrainConfig, train
 from conftest import FIXTURES
 from seeded import seeded_state_dict
 from toydata import make_toy_dataset

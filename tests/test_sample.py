@@ -8,11 +8,11 @@ import soundfile
 import torch
 
 from clipsonic import clip
-from clipsonic.trainloop import TrainConfig, train
-from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
+from clipsonic.train.loop import TrainConfig, train
+from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
 from clipsonic.data import Dataset
 from clipsonic.prior import PriorConfig
-from clipsonic.train_prior import PriorTask
+from clipsonic.train.prior import PriorTask
 from clipsonic.unet import UNetConfig
 from toydata import make_toy_dataset
 

@@ -8,8 +8,8 @@ import soundfile
 import torch
 
 from clipsonic.checkpoint import load_checkpoint
-from clipsonic.train_vocoder import VocoderTask, VocoderTrainingConfig
-from clipsonic.trainloop import TrainConfig, train
+from clipsonic.train.vocoder import VocoderTask, VocoderTrainingConfig
+from clipsonic.train.loop import TrainConfig, train
 from clipsonic.vocoder import BigVGANConfig, load_bigvgan
 
 
@@ -91,7 +91,7 @@ def test_cli_and_its_errors(audio, tmp_path):
 def test_reads_a_dataset_folders_sources(audio, tmp_path):
     from clipsonic.audio import MelConfig
     from clipsonic.data import DatasetWriter
-    from clipsonic.train_vocoder import find_audio
+    from clipsonic.train.vocoder import find_audio
 
     writer = DatasetWriter(tmp_path / "data", MelConfig(), 4, source_root=audio)
     for index in range(3):

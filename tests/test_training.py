@@ -12,8 +12,8 @@ import torch
 from clipsonic.checkpoint import load_checkpoint
 from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion, classifier_free_guidance
-from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-from clipsonic.trainloop import StepContext, Task, TrainConfig, TrainingError, epoch_indices, train
+from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
+from clipsonic.train.loop import StepContext, Task, TrainConfig, TrainingError, epoch_indices, train
 from clipsonic.unet import UNetConfig, load_unet
 from toydata import BANDS, LABELS, class_embedding, make_toy_dataset
 
@@ -96,7 +96,7 @@ def test_run_folder_guards(toy, tmp_path):
 
 
 def test_resuming_with_another_model_or_training_setting_names_the_field(toy, tmp_path):
-    from clipsonic.trainloop import first_difference, saved_run
+    from clipsonic.train.loop import first_difference, saved_run
 
     config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)
     train(tiny_task(toy), config, tmp_path, progress=False)
@@ -216,7 +216,7 @@ def test_tiny_unet_learns_two_classes(toy, tmp_path):
 
 def test_checkpoint_metadata_is_written_and_read_through_one_class(toy, tmp_path):
     from clipsonic.prior import PriorCheckpointInfo
-    from clipsonic.trainloop import RESUME_STATE, ResumeState
+    from clipsonic.train.loop import RESUME_STATE, ResumeState
     from clipsonic.unet import UNetCheckpointInfo
 
     config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)

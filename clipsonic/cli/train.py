@@ -62,7 +62,7 @@ def _add_loop_options(parser: argparse.ArgumentParser, **defaults) -> None:
     with this command's `defaults` (by field name)."""
     import dataclasses
 
-    from clipsonic.trainloop import TrainConfig
+    from clipsonic.train.loop import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
         if "help" not in field.metadata:
@@ -80,8 +80,8 @@ def _add_loop_options(parser: argparse.ArgumentParser, **defaults) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from clipsonic.data import Dataset
-    from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-    from clipsonic.trainloop import saved_run, train
+    from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
+    from clipsonic.train.loop import saved_run, train
     from clipsonic.unet import UNetCheckpointInfo, UNetConfig
 
     if args.crop_frames < 1:
@@ -108,7 +108,7 @@ def _loop_config(args: argparse.Namespace, **settings):
     import dataclasses
 
     from clipsonic import runtime
-    from clipsonic.trainloop import TrainConfig
+    from clipsonic.train.loop import TrainConfig
 
     given = {}
     for field in dataclasses.fields(TrainConfig):
@@ -124,8 +124,8 @@ def _loop_config(args: argparse.Namespace, **settings):
 
 
 def _train_vocoder(args: argparse.Namespace) -> int:
-    from clipsonic.train_vocoder import VocoderTask, VocoderTrainingConfig
-    from clipsonic.trainloop import saved_run, train
+    from clipsonic.train.vocoder import VocoderTask, VocoderTrainingConfig
+    from clipsonic.train.loop import saved_run, train
     from clipsonic.vocoder import BigVGANConfig
 
     if args.segment_samples < 1 or args.discriminator_width < 1 or args.validate_every < 1:
@@ -152,8 +152,8 @@ def _train_vocoder(args: argparse.Namespace) -> int:
 def _train_prior(args: argparse.Namespace) -> int:
     from clipsonic.data import Dataset
     from clipsonic.prior import PriorConfig
-    from clipsonic.train_prior import PriorTask
-    from clipsonic.trainloop import saved_run, train
+    from clipsonic.train.prior import PriorTask
+    from clipsonic.train.loop import saved_run, train
 
     if not 0 <= args.text_drop < 1:
         args.usage_error("--text-drop must be in [0, 1)")

@@ -38,9 +38,9 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     from clipsonic.data.preprocess import PreprocessConfig, preprocess
     from clipsonic.prior import PriorConfig
     from clipsonic.demo.synthetic import make_demo_data, plan_clips
-    from clipsonic.train_diffusion import DiffusionTask, DiffusionTrainingConfig
-    from clipsonic.train_prior import PriorTask
-    from clipsonic.trainloop import CHECKPOINT_NAME, TrainConfig, train
+    from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
+    from clipsonic.train.prior import PriorTask
+    from clipsonic.train.loop import CHECKPOINT_NAME, TrainConfig, train
     from clipsonic.unet import UNetConfig
 
     work, out = Path(work), Path(out) if out is not None else shipped_bundle()

@@ -3,7 +3,7 @@
 Each sample pairs a clip's label text — the CLIP text embedding and token encodings of
 "a photo of [label]", precomputed in the dataset's labels.npz — with the CLIP image
 embedding of one of the clip's frames, drawn at random. The text is hidden with probability
-``cond_drop_prob`` (10 %). Optimiser and loop: `clipsonic.trainloop` (AdamW, EMA, resumable,
+``cond_drop_prob`` (10 %). Optimiser and loop: `clipsonic.train.loop` (AdamW, EMA, resumable,
 torchrun-able), with the paper's prior settings as defaults (lr 1e-4, weight decay 0.06).
 """
 
@@ -17,7 +17,7 @@ import torch
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError
 from clipsonic.prior import CHECKPOINT_KIND, CHECKPOINT_VERSION, DiffusionPrior, PriorCheckpointInfo, PriorConfig
-from clipsonic.trainloop import StepContext, Task, epoch_indices
+from clipsonic.train.loop import StepContext, Task, epoch_indices
 
 
 class PriorTask(Task):

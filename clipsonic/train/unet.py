@@ -21,7 +21,7 @@ from clipsonic.config import Config
 from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.errors import ClipsonicError, ParameterError
-from clipsonic.trainloop import StepContext, Task, epoch_indices
+from clipsonic.train.loop import StepContext, Task, epoch_indices
 from clipsonic.unet import CHECKPOINT_KIND, CHECKPOINT_VERSION, MelNormalization, UNet, UNetCheckpointInfo, UNetConfig
 
 
