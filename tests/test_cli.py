@@ -169,3 +169,10 @@ def test_bench_preprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())
     assert [row["dtype"] for row in rows] == ["fp32", "bf16"] and rows[1]["ratio"] > 0 and "clips/s" in rows[1]["name"]
+
+
+def test_building_the_parser_imports_no_torch():
+    """`clipsonic --help` and every command's options (the trainers' come from TrainConfig) need no torch."""
+    code = "import sys, clipsonic.cli as cli; cli.build_parser(); print('torch' in sys.modules, 'numpy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]

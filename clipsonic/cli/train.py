@@ -62,7 +62,7 @@ def _add_loop_options(parser: argparse.ArgumentParser, **defaults) -> None:
     with this command's `defaults` (by field name)."""
     import dataclasses
 
-    from clipsonic.train.loop import TrainConfig
+    from clipsonic.train.settings import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
         if "help" not in field.metadata:
@@ -108,7 +108,7 @@ def _loop_config(args: argparse.Namespace, **settings):
     import dataclasses
 
     from clipsonic import runtime
-    from clipsonic.train.loop import TrainConfig
+    from clipsonic.train.settings import TrainConfig
 
     given = {}
     for field in dataclasses.fields(TrainConfig):
