@@ -12,6 +12,7 @@ from clipsonic import manifest
 from clipsonic.bundle import open_bundle, shipped_bundle
 from clipsonic.demo import (DemoRecipe, NearestCentroid, demo_vocabulary, gate_table, load_for_gate, mel_features,
                             quality_gate, read_summary)
+from clipsonic.demo.gate import level_passed
 from clipsonic.demo.synthetic import CLASSES
 
 MAX_BUNDLE_BYTES = 50 * 2**20
@@ -40,7 +41,14 @@ def test_recorded_quality_gate_is_a_complete_measurement():
         assert set(counts) == set(CLASSES) and gate[variant]["samples_per_class"] == 16
         assert gate[variant]["accuracy"] == pytest.approx(sum(counts.values()) / (16 * len(CLASSES)))
         assert gate[variant]["worst_class"] == min(counts.values()) / 16
+        levels = gate[variant]["levels"]
+        assert set(levels) == set(CLASSES) and set(gate[variant]["over_full_scale"]) == set(CLASSES)
+        for label, level in levels.items():  # the recorded verdicts follow from the recorded numbers
+            real = gate["real"]["levels"][label]
+            assert level["offset_db"] == pytest.approx(level["median_db"] - real["median_db"], abs=0.011)
+            assert level["passed"] == (abs(level["offset_db"]) <= 3 and level["iqr_db"] <= 2 * real["iqr_db"])
     assert gate["passed"] == all(gate[v]["worst_class"] >= 0.8 for v in ("sd", "iq"))
+    assert gate["level_passed"] == all(level_passed(gate[v]) for v in ("sd", "iq"))
     real = gate["real"]  # the classifier on the data set's real clips: the ceiling
     assert real["samples_per_class"] == summary["recipe"]["clips_per_class"] and real["accuracy"] >= 0.95
     assert set(summary["seconds"]) == {"synthetic data", "clip", "preprocess", "unet", "prior", "quality gate"}
@@ -132,6 +140,25 @@ def test_bf16_default_matches_fp32(demo_pipeline):
         fast = low.generate_mel(low.query(text=text, variant="sd", seed=seed), seed=seed)
         assert (fast - exact).abs().mean() < 0.1, text
         assert (fast.mean(-1) - exact.mean(-1)).abs().max() < 0.15, text
+
+
+def test_level_measures_and_the_level_check():
+    from clipsonic.demo.gate import level_check, level_statistics, rms_db
+
+    t = np.arange(16000) / 16000
+    assert rms_db(np.sin(2 * np.pi * 440 * t)) == pytest.approx(-3.01, abs=0.01)  # a full-scale sine
+    assert rms_db(0.1 * np.sin(2 * np.pi * 440 * t)) == pytest.approx(-23.01, abs=0.01)
+    assert level_statistics([-30, -20, -25, -22, -28]) == {"median_db": -25.0, "iqr_db": 6.0}
+    real = {label: {"median_db": -25.0, "iqr_db": 4.0} for label in "abc"}
+    checked = level_check({"a": {"median_db": -22.5, "iqr_db": 7.9}, "b": {"median_db": -28.5, "iqr_db": 3.0},
+                           "c": {"median_db": -25.0, "iqr_db": 8.5}}, real)
+    assert checked["a"]["passed"] and checked["a"]["offset_db"] == 2.5
+    assert not checked["b"]["passed"]  # 3.5 dB too quiet
+    assert not checked["c"]["passed"]  # the right median, but more than twice the real spread
+    result = {"levels": {"a": checked["a"]}, "over_full_scale": {"a": 0}}
+    assert level_passed(result)
+    assert not level_passed({**result, "over_full_scale": {"a": 1}})  # one sample over full scale fails it
+    assert not level_passed({**result, "levels": checked})
 
 
 def test_nearest_centroid_on_mel_features():

@@ -41,13 +41,14 @@ def test_config_checks():
 def test_tables_follow_the_papers_layout():
     scores = [Score("iq", 1.0, 3.0, 8), Score("iq", 1.5, 2.97, 8), Score("zs", 1.0, 4.0, 8), Score("zs", 1.5, 3.43, 8),
               Score("reconstruction", None, 0.6, 8)]
-    one = table1(scores, 1.5, "Griffin-Lim")
-    assert "| CLIPSonic-IQ (image-queried) | - | image | image | 2.970 | n/a |" in one
-    assert "| CLIPSonic-ZS (zero-shot modality transfer) | yes | image | text | 3.430 | n/a |" in one
-    assert "| Griffin-Lim mel spectrogram reconstruction | - | - | - | 0.600 | n/a |" in one
-    assert "3.000" not in one  # other guidance weights are not in Table 1
+    one = table1(scores + [Score("sd", 1.5, 3.4567e-4, 8)], 1.5, "Griffin-Lim")
+    assert "| CLIPSonic-IQ (image-queried) | - | image | image | 2.97 | n/a |" in one
+    assert "| CLIPSonic-ZS (zero-shot modality transfer) | yes | image | text | 3.43 | n/a |" in one
+    assert "| Griffin-Lim mel spectrogram reconstruction | - | - | - | 0.6 | n/a |" in one
+    assert "| 0.0003457 | n/a |" in one  # significant digits: a small FAD is not printed as 0.000
+    assert "| 3 |" not in one  # other guidance weights are not in Table 1
     assert "| CLIPSonic-ZS | sim(q_text, q_img) | 0.205 |" in table2({"zs": 0.205})
     sweep = sweep_table(scores, [1.0, 1.5])
-    assert "| Model | w = 1 | w = 1.5 |" in sweep and "| CLIPSonic-ZS (zero-shot modality transfer) | 4.000 | 3.430 |" in sweep
+    assert "| Model | w = 1 | w = 1.5 |" in sweep and "| CLIPSonic-ZS (zero-shot modality transfer) | 4 | 3.43 |" in sweep
     assert sweep_csv(scores).splitlines()[1:3] == ["iq,1,3.000000,8", "iq,1.5,2.970000,8"]
     assert sweep_csv(scores).splitlines()[-1] == "reconstruction,,0.600000,8"

@@ -5,11 +5,11 @@ demo CLIP and the bundle's settings), `retrain` (rebuild the bundle from nothing
 it generate what it learned).
 """
 
-from clipsonic.demo.gate import (GATE_THRESHOLD, GATE_VARIANTS, REAL, NearestCentroid, gate_table, load_for_gate,
-                                 mel_features, quality_gate)
+from clipsonic.demo.gate import (GATE_THRESHOLD, GATE_VARIANTS, LEVEL_TOLERANCE_DB, REAL, SPREAD_RATIO, NearestCentroid,
+                                 gate_table, level_passed, load_for_gate, mel_features, quality_gate)
 from clipsonic.demo.recipe import CAPTION_TEMPLATES, PROMPT_SIMILARITY_FLOOR, DemoRecipe, demo_vocabulary
 from clipsonic.demo.retrain import read_summary, record_gate, retrain
 
-__all__ = ["CAPTION_TEMPLATES", "GATE_THRESHOLD", "GATE_VARIANTS", "PROMPT_SIMILARITY_FLOOR", "REAL", "DemoRecipe",
-           "NearestCentroid", "demo_vocabulary", "gate_table", "load_for_gate", "mel_features", "quality_gate",
-           "read_summary", "record_gate", "retrain"]
+__all__ = ["CAPTION_TEMPLATES", "GATE_THRESHOLD", "GATE_VARIANTS", "LEVEL_TOLERANCE_DB", "PROMPT_SIMILARITY_FLOOR",
+           "REAL", "SPREAD_RATIO", "DemoRecipe", "NearestCentroid", "demo_vocabulary", "gate_table", "level_passed",
+           "load_for_gate", "mel_features", "quality_gate", "read_summary", "record_gate", "retrain"]

@@ -259,7 +259,7 @@ def evaluate(evaluator: Evaluator, variants: Sequence[str], out: Path, save_audi
             embeddings = evaluator.generated_embeddings(variant, guidance, folder)
             fad = frechet_distance_from_statistics(*embedding_statistics(embeddings), *reference)
             scores.append(Score(variant, guidance, fad, len(embeddings)))
-            log.info("%s at w=%g: FAD %.3f", variant, guidance, fad)
+            log.info("%s at w=%g: FAD %.4g", variant, guidance, fad)
     if reconstruction:
         embeddings = evaluator.reconstruction_embeddings()
         scores.append(Score(RECONSTRUCTION, None, frechet_distance_from_statistics(
@@ -295,7 +295,7 @@ def table1(scores: Sequence[Score], guidance: float, vocoder: str) -> str:
             variant = VARIANTS[score.variant]
             name, unpaired, training, inference = (variant.paper_name, variant.without_pairs, variant.trained_on,
                                                    variant.query)
-        lines.append(f"| {name} | {unpaired} | {training} | {inference} | {score.fad:.3f} | n/a |")
+        lines.append(f"| {name} | {unpaired} | {training} | {inference} | {score.fad:.4g} | n/a |")
     return "\n".join(lines)
 
 
@@ -315,7 +315,7 @@ def sweep_table(scores: Sequence[Score], weights: Sequence[float]) -> str:
              "|---|" + "---|" * len(weights)]
     for variant in dict.fromkeys(s.variant for s in scores if s.guidance is not None):
         by_weight = {s.guidance: s.fad for s in scores if s.variant == variant}
-        lines.append(f"| {VARIANTS[variant].paper_name} | " + " | ".join(f"{by_weight[w]:.3f}" for w in weights) + " |")
+        lines.append(f"| {VARIANTS[variant].paper_name} | " + " | ".join(f"{by_weight[w]:.4g}" for w in weights) + " |")
     return "\n".join(lines)
 
 
