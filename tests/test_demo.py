@@ -189,7 +189,8 @@ def test_retrain_smoke_builds_a_bundle(tmp_path):
                           capture_output=True, text=True)
     # Smoke-sized models are not expected to pass the gate: exit 1 with the gate's table is fine.
     assert done.returncode in (0, 1), done.stderr
-    assert "| class | SD | IQ | ZS |" in done.stdout
+    assert "| class | SD correct | SD level | SD IQR | SD clipped | IQ correct |" in done.stdout
+    assert "level check (SD and IQ, every class" in done.stdout
     summary = json.loads((tmp_path / "bundle" / "demo.json").read_text())
     assert summary["recipe"]["clip_steps"] == 4 and set(summary["seconds"]) >= {"clip", "unet", "prior"}
     assert sorted(open_bundle(tmp_path / "bundle").files) == ["clip", "prior", "unet"]
