@@ -80,13 +80,13 @@ def clip_features(wavs, mel_config) -> np.ndarray:
                      for wav in wavs])
 
 
-def held_out_classifier(recipe: DemoRecipe, mel_config) -> NearestCentroid:
-    """Nearest-centroid classifier on real clips outside the data set (`reference_clips`)."""
+def held_out_clips(recipe: DemoRecipe, sample_rate: int) -> tuple[list[str], list[np.ndarray]]:
+    """The labels and sound tracks of the real clips outside the data set (`reference_clips`)
+    that the gate fits its classifier on and takes the real levels from."""
     from clipsonic.demo.synthetic import clip_audio, reference_clips
 
     specs = reference_clips(recipe.gate_reference_clips, recipe.seed)
-    features = clip_features([clip_audio(spec, mel_config.sample_rate) for spec in specs], mel_config)
-    return NearestCentroid.fit(features, [spec.label for spec in specs])
+    return [spec.label for spec in specs], [clip_audio(spec, sample_rate) for spec in specs]
 
 
 def rms_db(wav) -> float:
@@ -129,19 +129,19 @@ def quality_gate(pipeline, recipe: DemoRecipe = DemoRecipe(), variants=GATE_VARI
     each class recognised. ``level_passed``: for SD and IQ, each class's level within
     LEVEL_TOLERANCE_DB and its spread at most SPREAD_RATIO x the real one, and no sample over
     full scale."""
-    from clipsonic.demo.synthetic import CLASSES, class_picture, clip_audio, plan_clips, reference_clips
+    from clipsonic.demo.synthetic import CLASSES, class_picture, clip_audio, plan_clips
     from clipsonic.variants import IMAGE, VARIANTS, query_embeddings
 
     mel_config = pipeline.spectrogram.mel_config
-    classifier = held_out_classifier(recipe, mel_config)
+    reference_labels, reference_audio = held_out_clips(recipe, mel_config.sample_rate)
+    classifier = NearestCentroid.fit(clip_features(reference_audio, mel_config), reference_labels)
     count = recipe.gate_samples
     dataset = plan_clips(recipe.clips_per_class, recipe.seed)
     real = clip_features([clip_audio(spec, mel_config.sample_rate) for spec in dataset], mel_config)
     results: dict[str, dict] = {REAL: _tally(classifier.predict(real), [spec.label for spec in dataset],
                                              recipe.clips_per_class)}
-    references = reference_clips(recipe.gate_reference_clips, recipe.seed)
-    real_levels = {label: level_statistics([rms_db(clip_audio(spec, mel_config.sample_rate))
-                                            for spec in references if spec.label == label]) for label in CLASSES}
+    real_levels = {label: level_statistics([rms_db(wav) for clip_label, wav in zip(reference_labels, reference_audio)
+                                            if clip_label == label]) for label in CLASSES}
     results[REAL]["levels"] = real_levels
     bar = progress_bar(len(variants) * len(CLASSES), "quality gate", progress)
     for variant in variants:
