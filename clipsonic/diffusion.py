@@ -4,9 +4,11 @@ Follows openai/improved-diffusion's ``gaussian_diffusion.py`` and ``respace.py``
 cosine schedule (s = 0.008, betas capped at 0.999), epsilon prediction with an MSE loss,
 fixed ("large") or posterior ("small") DDPM variances and timestep respacing; DDIM (Song et
 al., 2021) with eta; DPM-Solver++(2M) (Lu et al., 2022) in its multistep data-prediction
-form. Networks appear only as callables: a sampler takes ``eps_fn(x, t) -> eps`` where t
-holds *original* timestep indices (floats), so respaced schedules need no wrapper around the
-network. Classifier-free guidance builds such a callable from a conditional network,
+form. The network predicts the noise (eps, the paper's and improved-diffusion's choice) or the
+velocity v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho, 2022), whose data estimate
+does not amplify the network's errors at low SNR (`Prediction`). Networks appear only as
+callables: a sampler takes ``net_fn(x, t) -> prediction`` where t holds *original* timestep
+indices (floats), so respaced schedules need no wrapper around the network. Classifier-free guidance builds such a callable from a conditional network,
 evaluating both halves in one batched forward. Nothing here imports a network.
 """
 
@@ -20,7 +22,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Prediction(str, enum.Enum):
+    """What the network outputs. With eps, the data estimate (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+    multiplies the network's error by sqrt((1 - abar) / abar): 8e4 at the cosine schedule's last
+    step, where sampling starts. With v, x0 = sqrt(abar) x_t - sqrt(1 - abar) v never amplifies it."""
+
+    EPS = "eps"
+    V = "v"
 
 
 class Sampler(str, enum.Enum):
@@ -64,12 +75,14 @@ class GaussianDiffusion:
 
     betas: torch.Tensor
     timesteps: torch.Tensor
+    prediction: Prediction = Prediction.EPS
 
     @classmethod
-    def cosine(cls, steps: int = 4000) -> "GaussianDiffusion":
-        return cls(cosine_betas(steps), torch.arange(steps, dtype=torch.float64))
+    def cosine(cls, steps: int = 4000, prediction: str | Prediction = Prediction.EPS) -> "GaussianDiffusion":
+        return cls(cosine_betas(steps), torch.arange(steps, dtype=torch.float64), Prediction(prediction))
 
     def __post_init__(self) -> None:
+        self.prediction = Prediction(self.prediction)
         betas = self.betas.double()
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
@@ -87,7 +100,7 @@ class GaussianDiffusion:
         each kept step has its original cumulative alpha."""
         kept = self.alphas_cumprod[keep]
         previous = torch.cat([torch.ones(1, dtype=torch.float64), kept[:-1]])
-        return GaussianDiffusion(1 - kept / previous, self.timesteps[keep])
+        return GaussianDiffusion(1 - kept / previous, self.timesteps[keep], self.prediction)
 
     def respace(self, count: int) -> "GaussianDiffusion":
         """`count` steps evenly spaced in time (improved-diffusion's respacing; used by DDPM and DDIM)."""
@@ -136,25 +149,39 @@ class GaussianDiffusion:
     def predict_eps(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return (xt - _gather(self.alphas_cumprod.sqrt(), t, xt) * x0) / _gather((1 - self.alphas_cumprod).sqrt(), t, xt)
 
-    def training_loss(self, eps_fn: EpsFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error of the predicted noise at uniformly drawn steps (a scalar)."""
+    def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0."""
+        return _gather(self.alphas_cumprod.sqrt(), t, x0) * noise - _gather((1 - self.alphas_cumprod).sqrt(), t, x0) * x0
+
+    def training_loss(self, net_fn: NetFn, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error of the network's prediction (noise or velocity) at uniformly drawn steps (a scalar).
+
+        The v loss is the eps loss weighted by 1 + 1/SNR: it stresses the noisy steps, where a
+        sample's overall level is decided.
+        """
         t = torch.randint(0, self.num_steps, (x0.shape[0],), generator=generator, device="cpu").to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device="cpu", dtype=x0.dtype).to(x0.device)
         xt = self.q_sample(x0, t, noise)
-        return torch.mean((eps_fn(xt, self.timesteps[t].to(x0.device).float()) - noise) ** 2)
+        target = noise if self.prediction is Prediction.EPS else self.velocity(x0, t, noise)
+        return torch.mean((net_fn(xt, self.timesteps[t].to(x0.device).float()) - target) ** 2)
 
     # -- sampling ----------------------------------------------------------------------
 
-    def _model_x0(self, eps_fn: EpsFn, x: torch.Tensor, i: int, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _model_x0(self, net_fn: NetFn, x: torch.Tensor, i: int, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.full((x.shape[0],), i, dtype=torch.long)
-        eps = eps_fn(x, self.timesteps[t].to(x.device).float()).to(x.dtype)
-        x0 = self.predict_x0(x, t, eps)
+        out = net_fn(x, self.timesteps[t].to(x.device).float()).to(x.dtype)
+        if self.prediction is Prediction.EPS:
+            eps = out
+            x0 = self.predict_x0(x, t, eps)
+        else:
+            alpha, sigma = _gather(self.alphas_cumprod.sqrt(), t, x), _gather((1 - self.alphas_cumprod).sqrt(), t, x)
+            x0, eps = alpha * x - sigma * out, sigma * x + alpha * out
         if clip:
             x0 = x0.clamp(-1, 1)
             eps = self.predict_eps(x, t, x0)
         return x0, eps
 
-    def ddpm(self, eps_fn: EpsFn, noise: torch.Tensor, generator: torch.Generator | None = None,
+    def ddpm(self, net_fn: NetFn, noise: torch.Tensor, generator: torch.Generator | None = None,
              variance: str = "large", clip: bool = True, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Ancestral sampling over every step of this (respaced) process.
 
@@ -167,7 +194,7 @@ class GaussianDiffusion:
         variances = large if variance == "large" else self.posterior_variance
         x = noise
         for i in reversed(range(self.num_steps)):
-            x0, _ = self._model_x0(eps_fn, x, i, clip)
+            x0, _ = self._model_x0(net_fn, x, i, clip)
             t = torch.full((x.shape[0],), i, dtype=torch.long)
             mean, _ = self.q_posterior(x0, x, t)
             if i > 0:
@@ -179,12 +206,12 @@ class GaussianDiffusion:
                 progress(1)
         return x
 
-    def ddim(self, eps_fn: EpsFn, noise: torch.Tensor, eta: float = 0.0, generator: torch.Generator | None = None,
+    def ddim(self, net_fn: NetFn, noise: torch.Tensor, eta: float = 0.0, generator: torch.Generator | None = None,
              clip: bool = True, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """DDIM over every step of this (respaced) process; eta = 0 is deterministic, 1 is DDPM-like."""
         x = noise
         for i in reversed(range(self.num_steps)):
-            x0, eps = self._model_x0(eps_fn, x, i, clip)
+            x0, eps = self._model_x0(net_fn, x, i, clip)
             abar = self.alphas_cumprod[i].item()
             abar_prev = self.alphas_cumprod_prev[i].item()
             sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
@@ -195,7 +222,7 @@ class GaussianDiffusion:
                 progress(1)
         return x
 
-    def dpm_solver(self, eps_fn: EpsFn, noise: torch.Tensor, clip: bool = True,
+    def dpm_solver(self, net_fn: NetFn, noise: torch.Tensor, clip: bool = True,
                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """DPM-Solver++(2M): one network call per step of this (respaced) process.
 
@@ -211,7 +238,7 @@ class GaussianDiffusion:
         previous_x0, previous_h = None, None
         order = list(reversed(range(self.num_steps)))
         for position, i in enumerate(order):
-            x0, _ = self._model_x0(eps_fn, x, i, clip)
+            x0, _ = self._model_x0(net_fn, x, i, clip)
             if position == len(order) - 1:
                 x = x0
             else:
@@ -229,7 +256,7 @@ class GaussianDiffusion:
                 progress(1)
         return x
 
-    def sample(self, eps_fn: EpsFn, noise: torch.Tensor, sampler: str | Sampler = Sampler.DPM_SOLVER,
+    def sample(self, net_fn: NetFn, noise: torch.Tensor, sampler: str | Sampler = Sampler.DPM_SOLVER,
                steps: int | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
                clip: bool = True, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Draw x0 from noise [B, ...] with `sampler` over `steps` respaced steps (default: all)."""
@@ -239,22 +266,27 @@ class GaussianDiffusion:
         else:
             process = self.respace_log_snr(steps) if kind is Sampler.DPM_SOLVER else self.respace(steps)
         if kind is Sampler.DDPM:
-            return process.ddpm(eps_fn, noise, generator=generator, clip=clip, progress=progress)
+            return process.ddpm(net_fn, noise, generator=generator, clip=clip, progress=progress)
         if kind is Sampler.DDIM:
-            return process.ddim(eps_fn, noise, eta=eta, generator=generator, clip=clip, progress=progress)
-        return process.dpm_solver(eps_fn, noise, clip=clip, progress=progress)
+            return process.ddim(net_fn, noise, eta=eta, generator=generator, clip=clip, progress=progress)
+        return process.dpm_solver(net_fn, noise, clip=clip, progress=progress)
 
 
-def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: torch.Tensor, scale: float) -> EpsFn:
+def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: torch.Tensor, scale: float,
+                             active: Callable[[torch.Tensor], bool] | None = None) -> NetFn:
     """eps(x, t) = (1 - w) eps_uncond + w eps_cond, both from one batched call
-    ``model(x2, t2, cond2, drop2)`` where `drop2` marks the unconditional half.
+    ``model(x2, t2, cond2, drop2)`` where `drop2` marks the unconditional half. For a v network
+    the same mix of v is the same guidance: at a fixed x_t, eps is an affine function of v.
 
-    w = 1 is the plain conditional model (one unbatched call).
+    w = 1 is the plain conditional model (one unbatched call), and so is every step where
+    `active(t)` (`guidance_interval`) is false.
     """
     if scale == 1.0:
         return lambda x, t: model(x, t, cond, None)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if active is not None and not active(t):
+            return model(x, t, cond, None)
         batch = x.shape[0]
         drop = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(x.device)
         eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop)
@@ -264,7 +296,18 @@ def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: torch.Ten
     return guided
 
 
-def dalle2_prior_ddim(x0_fn: EpsFn, alphas_cumprod: torch.Tensor, noise: Callable[[tuple[int, ...]], torch.Tensor],
+def guidance_interval(process: GaussianDiffusion, low: float, high: float) -> Callable[[torch.Tensor], bool]:
+    """Guidance only at noise levels sigma = sqrt((1 - abar) / abar) in (low, high] (Kynkäänniemi et
+    al., 2024): at higher noise guidance pulls every sample to the same overall shape and level,
+    at lower noise it changes little. `process` is the full (not respaced) process whose step
+    indices the network is told; steps are judged by the batch's first timestep."""
+    if not 0 <= low < high:
+        raise ValueError(f"a guidance interval needs 0 <= low < high, got ({low}, {high}]")
+    sigmas = ((1 - process.alphas_cumprod) / process.alphas_cumprod).sqrt()
+    return lambda t: low < sigmas[int(t.flatten()[0].item())].item() <= high
+
+
+def dalle2_prior_ddim(x0_fn: NetFn, alphas_cumprod: torch.Tensor, noise: Callable[[tuple[int, ...]], torch.Tensor],
                       shape: tuple[int, ...], steps: int, eta: float = 1.0) -> torch.Tensor:
     """DDIM as dalle2-pytorch 1.1.0's prior samples (``p_sample_loop_ddim``), for an x0-predicting model.
 

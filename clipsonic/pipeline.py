@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from clipsonic.audio import griffin_lim
-from clipsonic.diffusion import GaussianDiffusion, Sampler, classifier_free_guidance
+from clipsonic.diffusion import GaussianDiffusion, Sampler, classifier_free_guidance, guidance_interval
 from clipsonic.errors import ClipsonicError
 from clipsonic.variants import IMAGE, TEXT, default_variant, get_variant, missing, query_embeddings
 
@@ -141,7 +141,8 @@ class Pipeline:
     @torch.inference_mode()
     def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
                      seconds: float = 4.0, seed: int | None = None, batch: int = 1,
-                     progress: bool | Callable[[int], None] = False) -> torch.Tensor:
+                     progress: bool | Callable[[int], None] = False,
+                     interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Log-mel spectrograms [batch, n_mels, frames] for one query embedding [1, D], or one per
         spectrogram [batch, D]. `progress`: True for a tqdm bar, or a callable told each step."""
         if query.shape[0] not in (1, batch):
@@ -151,14 +152,15 @@ class Pipeline:
         frames = self.frames(seconds)
         generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         noise = torch.randn(batch, 1, config.n_mels, frames, generator=generator).to(self.device)
-        eps_fn = classifier_free_guidance(model.unet, query.expand(batch, -1).float().to(self.device), guidance)
-        process = GaussianDiffusion.cosine(model.diffusion_steps)
+        process = GaussianDiffusion.cosine(model.diffusion_steps, model.prediction)
+        active = None if interval is None else guidance_interval(process, *interval)
+        net_fn = classifier_free_guidance(model.unet, query.expand(batch, -1).float().to(self.device), guidance, active)
         bar = None
         if progress is True:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, unit="step", desc=Sampler(sampler).value, dynamic_ncols=True)
-        x = process.sample(eps_fn, noise, sampler=sampler, steps=steps, generator=generator,
+        x = process.sample(net_fn, noise, sampler=sampler, steps=steps, generator=generator,
                            progress=bar.update if bar else progress or None)
         if bar:
             bar.close()

@@ -68,6 +68,26 @@ def _collector_paused():
             gc.enable()
 
 
+def merge_pairs(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one piece's symbols: merge the lowest-ranked adjacent pair (every
+    non-overlapping occurrence, left to right) until no adjacent pair has a rank. CLIP's and
+    RoBERTa's tokenizers differ only in what they feed this."""
+    while len(word) > 1:
+        pair = min(zip(word, word[1:]), key=lambda candidate: ranks.get(candidate, float("inf")))
+        if pair not in ranks:
+            break
+        merged, index = [], 0
+        while index < len(word):
+            if index + 1 < len(word) and (word[index], word[index + 1]) == pair:
+                merged.append(word[index] + word[index + 1])
+                index += 2
+            else:
+                merged.append(word[index])
+                index += 1
+        word = merged
+    return word
+
+
 class Tokenizer:
     """Byte-level BPE encoder/decoder with OpenAI CLIP's vocabulary."""
 
@@ -97,20 +117,7 @@ class Tokenizer:
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        word = list(piece[:-1]) + [piece[-1] + "</w>"]
-        while len(word) > 1:
-            first, second = min(zip(word, word[1:]), key=lambda pair: self.ranks.get(pair, MERGE_COUNT))
-            if (first, second) not in self.ranks:
-                break
-            merged, index = [], 0
-            while index < len(word):  # merge every non-overlapping occurrence, left to right
-                if index + 1 < len(word) and word[index] == first and word[index + 1] == second:
-                    merged.append(first + second)
-                    index += 2
-                else:
-                    merged.append(word[index])
-                    index += 1
-            word = merged
+        word = merge_pairs(list(piece[:-1]) + [piece[-1] + "</w>"], self.ranks)
         self._cache[piece] = word
         return word
 

@@ -268,6 +268,7 @@ class SpectrogramModel:
     embed_dim: int
     diffusion_steps: int
     clip: dict | None  # which CLIP produced the training embeddings, when known
+    prediction: str = "eps"  # what the UNet outputs (`clipsonic.diffusion.Prediction`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,11 +284,12 @@ class UNetCheckpointInfo:
     diffusion_steps: int
     clip: dict | None = None  # which CLIP produced the training embeddings, when known
     training: dict | None = None  # the task's training settings (crop, condition dropout, ...)
+    prediction: str = "eps"  # noise or velocity (`clipsonic.diffusion.Prediction`); older checkpoints: noise
 
     def to_extra(self) -> dict:
         return {"mel_norm": self.mel_norm.to_dict(), "mel_config": self.mel_config.to_dict(),
                 "condition": self.condition, "embed_dim": self.embed_dim, "diffusion_steps": self.diffusion_steps,
-                "clip": self.clip, "training": self.training}
+                "clip": self.clip, "training": self.training, "prediction": self.prediction}
 
     @classmethod
     def from_extra(cls, extra: dict) -> "UNetCheckpointInfo":
@@ -295,7 +297,7 @@ class UNetCheckpointInfo:
 
         return cls(MelNormalization.from_dict(extra["mel_norm"]), MelConfig.from_dict(extra["mel_config"]),
                    extra["condition"], int(extra["embed_dim"]), int(extra["diffusion_steps"]), extra.get("clip"),
-                   extra.get("training"))
+                   extra.get("training"), extra.get("prediction", "eps"))
 
 
 def load_unet(path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> SpectrogramModel:
@@ -313,4 +315,5 @@ def load_unet(path, dtype: torch.dtype | None = None, device: torch.device | str
         unet = unet.to(memory_format=torch.channels_last)  # oneDNN's fast layout for bf16 convolutions
     info = UNetCheckpointInfo.from_extra(extra)
     return SpectrogramModel(unet=unet, mel_norm=info.mel_norm, mel_config=info.mel_config, condition=info.condition,
-                            embed_dim=info.embed_dim, diffusion_steps=info.diffusion_steps, clip=info.clip)
+                            embed_dim=info.embed_dim, diffusion_steps=info.diffusion_steps, clip=info.clip,
+                            prediction=info.prediction)

@@ -180,10 +180,12 @@ def test_two_gloo_ranks_keep_identical_weights(toy, tmp_path):
 
 
 def test_text_conditioned_baseline(toy, tmp_path):
-    done = run_cli("train", str(toy), "--out", str(tmp_path / "tta"), *TRAIN_ARGS, "--steps", "2", "--text-cond")
+    done = run_cli("train", str(toy), "--out", str(tmp_path / "tta"), *TRAIN_ARGS, "--steps", "2", "--text-cond",
+                   "--prediction", "v")
     assert done.returncode == 0, done.stderr
     payload = load_checkpoint(tmp_path / "tta" / "checkpoint.pt", "unet")
     assert payload["extra"]["condition"] == "text" and payload["extra"]["embed_dim"] == 16
+    assert payload["extra"]["prediction"] == "v" and payload["extra"]["training"]["prediction"] == "v"
 
 
 def test_train_errors_are_one_line(tmp_path):
@@ -193,15 +195,17 @@ def test_train_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_unet_learns_two_classes(toy, tmp_path):
-    task = tiny_task(toy)
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_tiny_unet_learns_two_classes(toy, tmp_path, prediction):
+    task = tiny_task(toy, SETTINGS.replace(prediction=prediction))
     train(task, TrainConfig(steps=400, batch_size=16, lr=2e-3, ema_decay=0.99, save_every=10_000, keep=0),
           tmp_path, progress=False)
     model = load_unet(tmp_path / "checkpoint.pt")
+    assert model.prediction == prediction
     dataset = Dataset(toy, split="train")
     class_means = [np.mean([dataset.mel(r, 0, 16) for r in dataset.records if r.label == label], axis=0)
                    for label in LABELS]
-    process = GaussianDiffusion.cosine(model.diffusion_steps)
+    process = GaussianDiffusion.cosine(model.diffusion_steps, model.prediction)
     for index in range(len(LABELS)):
         cond = torch.from_numpy(class_embedding(index, 16))[None].expand(4, -1)
         noise = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(index))
@@ -224,6 +228,9 @@ def test_checkpoint_metadata_is_written_and_read_through_one_class(toy, tmp_path
     extra = load_checkpoint(path, "unet")["extra"]
     info = UNetCheckpointInfo.from_extra(extra)
     assert UNetCheckpointInfo.from_extra(info.to_extra()) == info and info.condition == "image"
+    assert info.prediction == "eps" and extra["prediction"] == "eps"
+    older = {key: value for key, value in extra.items() if key != "prediction"}  # before v-prediction existed
+    assert UNetCheckpointInfo.from_extra(older).prediction == "eps"
     assert set(RESUME_STATE) == {"model", "optimizer", "rng", "adversary", "adversary_optimizer"}
     state = ResumeState.from_extra(extra)
     assert state.adversary is None and set(state.to_extra()) == {"model", "optimizer", "rng"}

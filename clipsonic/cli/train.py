@@ -23,6 +23,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     train.add_argument("--cond-drop", type=float, default=0.1, help="probability of the null condition")
     train.add_argument("--text-cond", action="store_true",
                        help='CLIP-TTA baseline: condition on CLIP text embeddings of "a photo of [label]"')
+    train.add_argument("--prediction", choices=("eps", "v"), default="eps",
+                       help="what the UNet learns to predict: the noise (the paper's) or the velocity, "
+                            "better conditioned at low SNR (the demo bundle's)")
     train.set_defaults(handler=_train)
 
     prior = commands.add_parser("train-prior", parents=[common], formatter_class=help_formatter,
@@ -89,7 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 <= args.cond_drop < 1:
         args.usage_error("--cond-drop must be in [0, 1)")
     config, device = _loop_config(args)
-    settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond)
+    settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond,
+                                       prediction=args.prediction)
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
     saved = saved_run(args.out, "unet") if args.resume else None
     if saved is not None:  # the model as it was built; the training options given must match (train checks)

@@ -31,6 +31,7 @@ class DiffusionTrainingConfig(Config):
     cond_drop: float = 0.1
     text_cond: bool = False
     diffusion_steps: int = 4000
+    prediction: str = "eps"  # the paper's noise prediction, or "v" (`clipsonic.diffusion.Prediction`)
 
 
 def mel_normalization(dataset: Dataset, clips: int = 256) -> MelNormalization:
@@ -60,7 +61,7 @@ class DiffusionTask(Task):
             raise ClipsonicError(f"{dataset.folder}: no{needs} training clip has {settings.crop_frames} mel frames")
         self.model = UNet(unet_config)
         self.mel_norm = mel_norm or mel_normalization(dataset)
-        self.diffusion = GaussianDiffusion.cosine(settings.diffusion_steps)
+        self.diffusion = GaussianDiffusion.cosine(settings.diffusion_steps, settings.prediction)
         self._text = {}
         if settings.text_cond:
             self._text = {label: dataset.text_embedding(label) for label in {r.label for r in self.records}}
@@ -98,4 +99,4 @@ class DiffusionTask(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         return UNetCheckpointInfo(self.mel_norm, self.dataset.mel_config, "text" if self.settings.text_cond else "image",
                                   self.dataset.embed_dim, self.settings.diffusion_steps, self.dataset.info.get("clip"),
-                                  self.settings.to_dict()).to_extra()
+                                  self.settings.to_dict(), self.diffusion.prediction.value).to_extra()
