@@ -3,7 +3,8 @@
 Layout::
 
     bundle.json   {"format": "clipsonic.bundle", "version": 1, "files": {role: {"file", "sha256", "size"}},
-                   "vocabulary": {"labels", "template", "similarity_floor"} | null, "made": ISO time}
+                   "vocabulary": {"labels", "template", "similarity_floor"} | null,
+                   "sampling": {"guidance": w} (optional), "made": ISO time}
     clip.pt       the CLIP the UNet was trained with (ours; `make_bundle` converts OpenAI's and others)
     unet.pt       the spectrogram UNet, EMA weights only (`export_for_sampling` of a training run)
     prior.pt      optional: a diffusion prior (ours, or LAION's converted)
@@ -14,7 +15,9 @@ damaged file is an error naming it. A folder without bundle.json (assembled by h
 bundles had one) still loads, by the file names, with a warning that nothing was checked.
 
 A bundle that knows only a few sounds (the shipped demo) lists them as its `vocabulary`: a text
-far from every one of them gets a warning (`Vocabulary.unfamiliar`).
+far from every one of them gets a warning (`Vocabulary.unfamiliar`). A bundle may recommend a
+classifier-free guidance weight (`sampling.guidance`), which `sample` and `eval` use when no
+--guidance is given (the demo's is the weight its quality gate measured).
 
 `make_bundle` builds a bundle from checkpoints in any layout the loaders read, in a staging
 folder renamed into place once every model has loaded and fits the others, so a failed make
@@ -26,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -85,6 +89,7 @@ class Bundle:
     files: dict[str, Path]  # role -> file, for the roles present
     vocabulary: Vocabulary | None = None
     verified: bool = True  # False: a folder without bundle.json, loaded by file names unchecked
+    guidance: float | None = None  # the recommended guidance weight, when the bundle names one
 
     def path(self, role: str) -> Path | None:
         return self.files.get(role)
@@ -135,10 +140,14 @@ def open_bundle(folder: str | os.PathLike) -> Bundle:
     if vocabulary is not None:
         vocabulary = Vocabulary(tuple(vocabulary["labels"]), vocabulary.get("template", Vocabulary.template),
                                 float(vocabulary.get("similarity_floor", Vocabulary.similarity_floor)))
-    return Bundle(root, files, vocabulary)
+    guidance = (data.get("sampling") or {}).get("guidance")
+    if guidance is not None and not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+        raise ClipsonicError(f"{manifest}: sampling.guidance {guidance!r} is not a non-negative number")
+    return Bundle(root, files, vocabulary, guidance=None if guidance is None else float(guidance))
 
 
-def write_manifest(folder: str | os.PathLike, vocabulary: Vocabulary | None = None) -> Path:
+def write_manifest(folder: str | os.PathLike, vocabulary: Vocabulary | None = None,
+                   guidance: float | None = None) -> Path:
     """bundle.json for the model files in `folder` (their sha256 and size as they are now)."""
     root = Path(folder)
     files = {role: {"file": name, "sha256": _sha256(root / name), "size": (root / name).stat().st_size}
@@ -146,6 +155,7 @@ def write_manifest(folder: str | os.PathLike, vocabulary: Vocabulary | None = No
     data = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "files": files,
             "vocabulary": None if vocabulary is None else {**dataclasses.asdict(vocabulary),
                                                            "labels": list(vocabulary.labels)},
+            **({} if guidance is None else {"sampling": {"guidance": float(guidance)}}),
             "made": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(root / MANIFEST_NAME, data)
     return root / MANIFEST_NAME
@@ -194,7 +204,7 @@ def load_models(bundle: Bundle | None = None, *, clip=None, unet=None, prior=Non
 def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.PathLike, *,
                 prior: str | os.PathLike | None = None, prior_config: str | os.PathLike | None = None,
                 vocoder: str | os.PathLike | None = None, vocoder_config: str | os.PathLike | None = None,
-                vocabulary: Vocabulary | None = None) -> Bundle:
+                vocabulary: Vocabulary | None = None, guidance: float | None = None) -> Bundle:
     """Build the bundle `out` from checkpoints in any layout the loaders read: CLIP, prior and
     vocoder converted to ours (each reloaded and compared tensor by tensor), the UNet's training
     checkpoint stripped to what sampling needs. An existing bundle in `out` is replaced at once."""
@@ -228,7 +238,7 @@ def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.
                           staging / FILES["vocoder"], vocoder)
         load_models(Bundle(staging, {role: staging / name for role, name in FILES.items()
                                      if (staging / name).is_file()}))
-        write_manifest(staging, vocabulary)
+        write_manifest(staging, vocabulary, guidance)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)

@@ -39,7 +39,10 @@ class SettingError(ClipsonicError):
         self.parameter, self.value, self.message = parameter, value, message
 
 
-def check_settings(guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
+PAPER_GUIDANCE = 1.5  # the classifier-free guidance weight when neither the caller nor the bundle names one
+
+
+def check_settings(guidance: float = PAPER_GUIDANCE, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
                    seed: int | None = None, batch: int = 1, process_steps: int | None = None) -> None:
     """Raise SettingError for the first generation setting outside its range; `process_steps` is
     the model's diffusion length (the most steps any sampler can take), when known."""
@@ -94,6 +97,7 @@ class Pipeline:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     demo: bool = False  # loaded as the shipped demo bundle (no models were given)
     vocabulary: "Vocabulary | None" = None  # the sounds a bundle knows, when it lists them: others get a warning
+    guidance: float = PAPER_GUIDANCE  # when none is given: the bundle's recommended weight, else the paper's
 
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
@@ -122,7 +126,8 @@ class Pipeline:
         clip_model, spectrogram, prior_model, vocoder_model = models
         return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, vocoder=vocoder_model,
                    device=torch.device(device), demo=demo,
-                   vocabulary=opened.vocabulary if opened is not None else None)
+                   vocabulary=opened.vocabulary if opened is not None else None,
+                   guidance=opened.guidance if opened is not None and opened.guidance is not None else PAPER_GUIDANCE)
 
     def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",
               seed: int | None = None) -> torch.Tensor:
@@ -139,7 +144,7 @@ class Pipeline:
                                 prior_candidates=self.prior_candidates)
 
     @torch.inference_mode()
-    def generate_mel(self, query: torch.Tensor, guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25,
+    def generate_mel(self, query: torch.Tensor, guidance: float = PAPER_GUIDANCE, sampler: str = "dpm++", steps: int = 25,
                      seconds: float = 4.0, seed: int | None = None, batch: int = 1,
                      progress: bool | Callable[[int], None] = False,
                      interval: tuple[float, float] | None = None) -> torch.Tensor:
@@ -195,15 +200,16 @@ class Pipeline:
         return None if self.vocabulary is None else self.vocabulary.unfamiliar(self.clip, text)
 
     def generate_chunks(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
-                        guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
+                        guidance: float | None = None, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
                         seed: int | None = None, batch: int = 1,
                         progress: Callable[[int], None] | None = None) -> Iterator[Generated]:
         """`generate`, a chunk of at most `chunk_size(seconds)` samples at a time, so that a large
         batch can be written as it comes. NaN/Inf in a mel or waveform raises NonFiniteOutput.
 
         The first chunk uses `seed` itself (a batch that fits one chunk is the same as before
-        chunking existed); chunk k > 0 a seed derived from (seed, k)."""
+        chunking existed); chunk k > 0 a seed derived from (seed, k). `guidance`: default `self.guidance`."""
         variant = variant or self.default_variant(image)
+        guidance = self.guidance if guidance is None else guidance
         check_settings(guidance, sampler, steps, seconds, seed, batch, self.spectrogram.diffusion_steps)
         if seed is None:
             seed = fresh_seed()
@@ -224,7 +230,7 @@ class Pipeline:
             yield Generated(start, mel, wav)
 
     def generate(self, text: str | None = None, image: np.ndarray | None = None, variant: str | None = None,
-                 guidance: float = 1.5, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
+                 guidance: float | None = None, sampler: str = "dpm++", steps: int = 25, seconds: float = 4.0,
                  seed: int | None = None, batch: int = 1) -> torch.Tensor:
         """Waveforms [batch, samples] at the model's sample rate (16 kHz), `seconds` long, at the
         model's own level (not normalised; `clipsonic.audio.playable` prepares them for a file).

@@ -113,3 +113,33 @@ def test_the_bundle_commands(runs, tmp_path, capsys):
 
     wav, rate = soundfile.read(tmp_path / "rain.wav")
     assert rate == 16000 and wav.shape == (16000,) and np.isfinite(wav).all()
+
+
+def test_a_bundle_recommends_its_guidance_to_sample(runs, tmp_path, capsys):
+    out = tmp_path / "guided"
+    assert cli.main(["bundle", "make", str(out), "--clip", str(runs / "clip.pt"), "--unet",
+                     str(runs / "unet" / "checkpoint.pt"), "--guidance", "1"]) == 0
+    assert json.loads((out / "bundle.json").read_text())["sampling"] == {"guidance": 1.0}
+    pipeline = Pipeline.load(out)
+    assert pipeline.guidance == 1.0 and Pipeline.load(
+        clip=runs / "clip.pt", checkpoint=runs / "unet" / "checkpoint.pt").guidance == 1.5
+    weights, generate_mel = [], pipeline.generate_mel
+    pipeline.generate_mel = lambda query, guidance, *rest, **named: weights.append(guidance) or generate_mel(
+        query, guidance, *rest, **named)
+    _generate(pipeline)
+    pipeline.generate(text="a photo of rain", guidance=2.0, steps=2, seconds=1.0, seed=3)
+    assert weights == [1.0, 2.0]  # the bundle's weight when none is named
+    capsys.readouterr()
+    assert cli.main(["sample", "--bundle", str(out), "--text", "rain", "--steps", "2", "--seconds", "1",
+                     "-o", str(tmp_path / "rain.wav")]) == 0
+    assert "guidance 1," in capsys.readouterr().err
+    manifest = json.loads((out / "bundle.json").read_text())
+    manifest["sampling"]["guidance"] = -2
+    (out / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ClipsonicError, match="sampling.guidance -2 is not a non-negative number"):
+        open_bundle(out)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bundle", "make", str(tmp_path / "bad"), "--clip", str(runs / "clip.pt"), "--unet",
+                  str(runs / "unet" / "checkpoint.pt"), "--guidance", "nan"])
+    assert exited.value.code == 2
+    assert "--guidance nan: must be a non-negative number" in capsys.readouterr().err

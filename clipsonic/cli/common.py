@@ -123,10 +123,12 @@ def check_generation_settings(args: argparse.Namespace, process_steps: int | Non
                     guidance: Sequence[float] | None = None) -> None:
     """Generation settings as usage errors naming their flag (before any work, and again against
     the loaded model's diffusion length)."""
-    from clipsonic.pipeline import SettingError, check_settings
+    from clipsonic.pipeline import PAPER_GUIDANCE, SettingError, check_settings
 
     try:
         for weight in guidance or [args.guidance]:
+            # Not given: the bundle's recommended weight, checked when bundle.json is read.
+            weight = PAPER_GUIDANCE if weight is None else weight
             check_settings(weight, args.sampler, args.steps, args.seconds, args.seed, args.batch, process_steps)
     except SettingError as error:
         flag = "--guidance-sweep" if guidance and error.parameter == "guidance" else f"--{error.parameter}"

@@ -29,7 +29,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     evaluation.add_argument("--variants", help="comma-separated subset of iq,zs,pd,sd,tta (default: every one the "
                                                "given models allow)")
     evaluation.add_argument("--samples", type=int, default=512, help="samples per model and guidance weight (K)")
-    evaluation.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
+    evaluation.add_argument("--guidance", type=float,
+                            help="classifier-free guidance weight w (default: the bundle's recommended weight, "
+                                 "the demo's 1; else the paper's 1.5)")
     evaluation.add_argument("--guidance-sweep", help="comma-separated weights, e.g. 1,1.5,2,3 (replaces --guidance)")
     add_sampling_options(evaluation)
     evaluation.add_argument("--batch", type=int, default=16, help="samples generated together")
@@ -62,8 +64,6 @@ def _eval(args: argparse.Namespace) -> int:
     check_generation_settings(args, guidance=weights)
     if args.samples < 1:
         args.usage_error(f"--samples {args.samples}: must be at least 1")
-    config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
-                        seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
     dataset = Dataset(args.dataset, split="test")
     device = runtime.resolve_device(args.device)
     dtype = runtime.resolve_dtype(args.dtype, device)
@@ -71,7 +71,10 @@ def _eval(args: argparse.Namespace) -> int:
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
                              device=device, dtype=dtype)
+    weights = [pipeline.guidance if weight is None else weight for weight in weights]
     check_generation_settings(args, pipeline.spectrogram.diffusion_steps, weights)
+    config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
+                        seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
     tta = None
     if args.tta_checkpoint is not None:
         from clipsonic.unet import load_unet

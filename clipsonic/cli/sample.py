@@ -25,7 +25,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                              "LAION's prior / a prior from train-prior; tta: a UNet trained with --text-cond (default: "
                              "iq for --image; for --text sd or pd when --prior is given, else zs, or tta)")
     add_model_options(sample)
-    sample.add_argument("--guidance", type=float, default=1.5, help="classifier-free guidance weight w")
+    sample.add_argument("--guidance", type=float,
+                        help="classifier-free guidance weight w (default: the bundle's recommended weight, the "
+                             "demo's 1; else the paper's 1.5)")
     add_sampling_options(sample)
     sample.add_argument("--batch", type=int, default=1, help="number of files to generate (a large batch runs in "
                                                              "chunks, each written as it is done)")
@@ -97,6 +99,8 @@ def _sample(args: argparse.Namespace) -> int:
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
                              device=device, dtype=dtype)
+    if args.guidance is None:
+        args.guidance = pipeline.guidance
     check_generation_settings(args, pipeline.spectrogram.diffusion_steps)
     if why:
         log.info("%s", why)

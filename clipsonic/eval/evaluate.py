@@ -270,7 +270,7 @@ def evaluate(evaluator: Evaluator, variants: Sequence[str], out: Path, save_audi
                "config": config.to_dict(), "vocoder": vocoder, "test_clips": len(distinct_records(evaluator.queries)),
                "fad": [dataclasses.asdict(score) for score in scores], "cosine_similarity": cosine,
                "clap_score": None}
-    table_weight = min(config.guidance, key=lambda w: abs(w - 1.5))
+    table_weight = min(config.guidance, key=lambda w: abs(w - evaluator.pipeline.guidance))
     write_text_atomic(out / "table1.md", table1(scores, table_weight, vocoder) + "\n")
     write_text_atomic(out / "table2.md", table2(cosine) + "\n")
     if len(config.guidance) > 1:
