@@ -23,7 +23,6 @@ outside a temporary folder.
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -71,14 +70,6 @@ save_audio(sys.argv[2], playable(wav[0], 16000)[0])
 stage("level check + writing the WAV")
 print(json.dumps(times))
 """
-
-
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def wheel_environment(folder: Path) -> Path:
@@ -138,6 +129,7 @@ def main() -> None:
                                       check=True, capture_output=True, text=True, cwd=work)
                 for name, seconds in json.loads(done.stdout).items():
                     stages.setdefault(name, {}).setdefault(dtype, []).append(seconds)
+    from clipsonic.bench import cpu_model
     from clipsonic.runtime import auto_dtype
 
     import torch

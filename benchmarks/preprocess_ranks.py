@@ -13,21 +13,12 @@ the CPU model. Nothing is written outside a temporary folder.
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU")
 
 
 def timed(command: list[str]) -> float:
@@ -48,6 +39,7 @@ def main() -> None:
 
     import torch
 
+    from clipsonic.bench import cpu_model
     from clipsonic.clip import CLIP, CLIPConfig, save_clip
     from clipsonic.demo.synthetic import make_demo_data
 

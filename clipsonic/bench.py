@@ -465,3 +465,89 @@ def bench_preprocess(clip_preset: str = "paper", clips: int = 16, seconds: float
         return rows
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+CLAP_REFERENCE_SCRIPT = "benchmarks/clap_reference.py"  # in a source checkout, beside the package folder
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu gives it (what the benchmark tables name the machine by)."""
+    import platform
+    import subprocess
+
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU")
+
+
+def bench_clap(clips: int = 512, seconds: float = 4.0, batch: int = 16, repeat: int = 1,
+               reference_python: str | os.PathLike | None = None, preset: str = "htsat-tiny",
+               seed: int = 0) -> list[Timing]:
+    """LAION-CLAP audio embeddings of `clips` noise clips of `seconds` at 48 kHz, `batch` at a
+    time, with random weights of the `preset` model (default the full one, HTSAT-tiny with
+    fusion): for timing, not for what the embeddings mean.
+
+    With `reference_python`, an interpreter that has laion_clap 1.1.7 (the scratch environment
+    of tests/fixtures/make_clap_fixtures.py), the first row is laion_clap's
+    ``get_audio_embedding_from_data`` on the same weights and clips, run first in a subprocess of
+    it (`CLAP_REFERENCE_SCRIPT`, which needs a source checkout) with as many threads as this
+    process; otherwise our float32 path is the reference row. Then our `CLAP.embed_audio` in
+    float32 and bfloat16: seconds for all clips (median of `repeat` passes after one untimed
+    batch), speed-up against the reference and the lowest cosine of an embedding to the
+    reference's."""
+    import copy
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from clipsonic.clap import CLAP, CLAPConfig, set_clap_precision
+    from clipsonic.errors import ClipsonicError
+
+    if reference_python is not None and preset != "htsat-tiny":
+        raise ClipsonicError(f"the laion_clap reference is the htsat-tiny model, not {preset}")
+    torch.manual_seed(seed)
+    model = random_weights_(CLAP(CLAPConfig.preset(preset)).eval())
+    rate = model.config.sample_rate
+    generator = torch.Generator().manual_seed(seed)
+    gains = 10 ** (-torch.rand(clips, 1, generator=generator) * 2)  # -40 .. 0 dB
+    wavs = 0.3 * gains * torch.randn(clips, round(seconds * rate), generator=generator).clamp(-3, 3)
+    name = f"CLAP audio embedding, {clips} x {seconds:g}-s clips"
+    rows, reference = [], None
+    if reference_python is not None:
+        script = Path(__file__).resolve().parents[1] / CLAP_REFERENCE_SCRIPT
+        if not script.is_file():
+            raise ClipsonicError(f"{script}: not found; the laion_clap reference runs from a source checkout of "
+                                 f"clipsonic")
+        with tempfile.TemporaryDirectory(prefix="clipsonic-bench-clap-") as folder:
+            torch.save(model.state_dict(), Path(folder) / "weights.pt")
+            np.save(Path(folder) / "clips.npy", wavs.numpy())
+            done = subprocess.run([str(reference_python), str(script), folder, "--batch", str(batch), "--repeat",
+                                   str(repeat), "--threads", str(torch.get_num_threads())],
+                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ClipsonicError(f"the laion_clap reference failed under {reference_python}: {last}")
+            info = json.loads((Path(folder) / "reference.json").read_text(encoding="utf-8"))
+            reference = torch.from_numpy(np.load(Path(folder) / "reference.npy"))
+        rows.append(Timing(f"{name} (reference: laion_clap {info['laion_clap']}, torch {info['torch']})", batch,
+                           "fp32", statistics.median(info["seconds"]), min(info["seconds"]), 1.0, 1.0))
+
+    def embed_all(clap: CLAP) -> torch.Tensor:
+        return torch.cat([clap.embed_audio(wavs[start:start + batch], rate) for start in range(0, clips, batch)])
+
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        clap = set_clap_precision(copy.deepcopy(model), dtype) if dtype != torch.float32 else model
+        clap.embed_audio(wavs[:batch], rate)  # warm-up: oneDNN primitives, the allocator
+        ours, best, out = time_call(lambda: embed_all(clap), repeat, warmup=0)
+        if reference is None:  # no laion_clap run: our float32 pass is the reference
+            reference = out
+            rows.append(Timing(f"{name} (reference: clipsonic fp32)", batch, label, ours, best, 1.0, 1.0))
+            continue
+        cosine = torch.nn.functional.cosine_similarity(out.double(), reference.double()).min().item()
+        rows.append(Timing(f"{name} (clipsonic)", batch, label, ours, best, rows[0].seconds / ours, cosine))
+    return rows

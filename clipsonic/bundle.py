@@ -9,6 +9,8 @@ Layout::
     unet.pt       the spectrogram UNet, EMA weights only (`export_for_sampling` of a training run)
     prior.pt      optional: a diffusion prior (ours, or LAION's converted)
     vocoder.pt    optional: a BigVGAN (ours, or NVIDIA's converted); without it, Griffin-Lim
+    vggish.pt     optional: the audio embedding `eval`'s FAD uses when no --vggish is given (ours:
+                  the demo bundle's VGGish trained on its own classes; torchvggish's converted)
 
 Each file's sha256 is checked against bundle.json when the bundle is opened: a changed or
 damaged file is an error naming it. A folder without bundle.json (assembled by hand before
@@ -43,7 +45,8 @@ BUNDLE_FORMAT = "clipsonic.bundle"
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 # role -> file name in the folder; clip and unet are required
-FILES = {"clip": "clip.pt", "unet": "unet.pt", "prior": "prior.pt", "vocoder": "vocoder.pt"}
+FILES = {"clip": "clip.pt", "unet": "unet.pt", "prior": "prior.pt", "vocoder": "vocoder.pt",
+         "vggish": "vggish.pt"}  # vggish: an audio embedding for `eval` (the demo bundle's own)
 REQUIRED = ("clip", "unet")
 
 
@@ -176,7 +179,10 @@ def load_models(bundle: Bundle | None = None, *, clip=None, unet=None, prior=Non
         raise ClipsonicError("no models given: a CLIP checkpoint (clip) and a UNet checkpoint (unet), or a bundle")
     spectrogram = load_unet(unet, dtype=dtype, device=device)
     clip_model = load_clip(clip, dtype=dtype, device=device)
-    if clip_model.config.embed_dim != spectrogram.embed_dim:
+    from clipsonic.variants import CLAP_TEXT
+
+    # A CLAP-TTA UNet is conditioned on CLAP's embeddings (`Pipeline.load` checks their width).
+    if spectrogram.condition != CLAP_TEXT and clip_model.config.embed_dim != spectrogram.embed_dim:
         raise ClipsonicError(f"{clip}: CLIP embeddings are {clip_model.config.embed_dim}-d but {unet} was trained on "
                              f"{spectrogram.embed_dim}-d ones: use the CLIP it was trained with")
     prior_model = None
@@ -204,7 +210,8 @@ def load_models(bundle: Bundle | None = None, *, clip=None, unet=None, prior=Non
 def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.PathLike, *,
                 prior: str | os.PathLike | None = None, prior_config: str | os.PathLike | None = None,
                 vocoder: str | os.PathLike | None = None, vocoder_config: str | os.PathLike | None = None,
-                vocabulary: Vocabulary | None = None, guidance: float | None = None) -> Bundle:
+                vggish: str | os.PathLike | None = None, vocabulary: Vocabulary | None = None,
+                guidance: float | None = None) -> Bundle:
     """Build the bundle `out` from checkpoints in any layout the loaders read: CLIP, prior and
     vocoder converted to ours (each reloaded and compared tensor by tensor), the UNet's training
     checkpoint stripped to what sampling needs. An existing bundle in `out` is replaced at once."""
@@ -236,6 +243,12 @@ def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.
             model = load_bigvgan(vocoder, vocoder_config)
             verify_reload(model, load_bigvgan(save_bigvgan(staging / FILES["vocoder"], model)),
                           staging / FILES["vocoder"], vocoder)
+        if vggish is not None:
+            from clipsonic.vggish import load_vggish, save_vggish
+
+            model = load_vggish(vggish)
+            verify_reload(model, load_vggish(save_vggish(staging / FILES["vggish"], model)), staging / FILES["vggish"],
+                          vggish)
         load_models(Bundle(staging, {role: staging / name for role, name in FILES.items()
                                      if (staging / name).is_file()}))
         write_manifest(staging, vocabulary, guidance)

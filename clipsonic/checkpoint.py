@@ -103,9 +103,20 @@ def _code_in_pickle(source: Path) -> str | None:
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *,
                     max_version: int | None = None) -> dict[str, Any]:
     """Read one of our checkpoints; check its `kind` and that its version is not newer than `max_version`."""
-    payload = safe_torch_load(path)
+    return checked_payload(safe_torch_load(path), path, kind, max_version=max_version)
+
+
+def is_ours(payload: Any) -> bool:
+    """Whether a loaded file is one of our checkpoints (it has our format field)."""
+    return isinstance(payload, dict) and str(payload.get("format", "")).startswith(FORMAT_PREFIX)
+
+
+def checked_payload(payload: Any, path: str | os.PathLike, kind: str | None = None, *,
+                    max_version: int | None = None) -> dict[str, Any]:
+    """`load_checkpoint`'s checks on a file already loaded from `path` (for loaders that read
+    several layouts and look at the file first)."""
     source = Path(path)
-    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith(FORMAT_PREFIX):
+    if not is_ours(payload):
         raise CheckpointError(f"{source}: not a clipsonic checkpoint (no '{FORMAT_PREFIX}*' format field)")
     missing = [key for key in ("version", "config", "state_dict") if key not in payload]
     if missing:

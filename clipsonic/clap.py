@@ -33,7 +33,8 @@ CLAP score of a pair is their dot product (`clap_score`). ``logit_scale_a`` and
 ``logit_scale_t`` load with the rest but no embedding uses them.
 
 Keys of LAION's layout that no embedding reads are dropped by name (`UNUSED_KEYS`), every
-other key must fill a parameter of this model and every parameter must be filled.
+other key must fill a parameter of this model and every parameter must be filled. `save_clap`
+writes our checkpoint (the same keys, with the model's config, so that any size loads by path).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsonic.checkpoint import load_state_dict_strict, safe_torch_load
+from clipsonic.checkpoint import checked_payload, is_ours, load_state_dict_strict, safe_torch_load, save_checkpoint
 from clipsonic.config import Config
 from clipsonic.errors import CheckpointError, ClipsonicError
 from clipsonic.htsat import FUSION_CHUNKS, HTSAT, HTSATConfig
@@ -60,6 +61,7 @@ from clipsonic.nn import set_precision
 from clipsonic.resample import resample
 from clipsonic.roberta import RobertaConfig, RobertaModel, RobertaTokenizer
 
+CHECKPOINT_KIND, CHECKPOINT_VERSION = "clap", 1  # our own files (`save_clap`)
 INT16_SCALE = 32767.0  # upstream's float32 <-> int16 factor (not 32768)
 LOG_FLOOR = 1e-10  # torchaudio's AmplitudeToDB amin, torchlibrosa's amin
 FUSION_KEY = "audio_branch.patch_embed.mel_conv2d.weight"
@@ -280,13 +282,17 @@ def _numpy_scalar_globals() -> list:
     return allowed + [type(np.dtype(kind)) for kind in ("float16", "float32", "float64", "int64")]
 
 
-def read_laion_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_clap_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CLAPConfig | None]:
     """The state dict of a LAION-CLAP checkpoint (``{"state_dict": ..., "optimizer": ..., ...}``,
-    or the bare state dict), ``module.`` prefixes removed, `UNUSED_KEYS` dropped."""
+    or the bare state dict), ``module.`` prefixes removed, `UNUSED_KEYS` dropped; or of our
+    checkpoint (`save_clap`) with its config (None for LAION's files, which carry none)."""
     source = Path(path)
     allow = getattr(torch.serialization, "safe_globals", None)
     with allow(_numpy_scalar_globals()) if allow else contextlib.nullcontext():
         payload = safe_torch_load(source)
+    if is_ours(payload):
+        ours = checked_payload(payload, source, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
+        return ours["state_dict"], CLAPConfig.from_dict(ours["config"])
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source}: not a LAION-CLAP checkpoint (expected a dict of tensors, "
@@ -295,7 +301,7 @@ def read_laion_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not any(key.startswith("audio_branch.") for key in state) or not any(key.startswith("text_branch.")
                                                                            for key in state):
         raise CheckpointError(f"{source}: not a LAION-CLAP checkpoint (no audio_branch.* and text_branch.* keys)")
-    return {key: tensor for key, tensor in state.items() if not UNUSED_KEYS.search(key)}
+    return {key: tensor for key, tensor in state.items() if not UNUSED_KEYS.search(key)}, None
 
 
 def load_clap(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, *,
@@ -305,7 +311,8 @@ def load_clap(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None =
 
     `tokenizer_dir`: the folder with roberta-base's ``vocab.json`` and ``merges.txt`` (default:
     the checkpoint's folder). `config`: the model's sizes (a `CLAPConfig` or a preset name);
-    by default HTSAT-tiny + roberta-base, with fusion when the checkpoint has fusion weights.
+    by default our checkpoint's own, else HTSAT-tiny + roberta-base, with fusion when the
+    checkpoint has fusion weights.
     `dtype`: float32 by default; there, on seeded random full-size weights, embeddings agreed
     with laion_clap's to 5e-6 (relative L2; tests/test_clap.py). bfloat16 runs the networks
     (not the front end, the norms or the pooling) in bfloat16; it moved the same embeddings by
@@ -313,9 +320,9 @@ def load_clap(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None =
     """
     source = Path(path)
     tokenizer = RobertaTokenizer.from_dir(source.parent if tokenizer_dir is None else tokenizer_dir)
-    state = read_laion_state_dict(source)
+    state, own_config = read_clap_weights(source)
     if config is None:
-        config = CLAPConfig.preset("htsat-tiny", audio={"fusion": FUSION_KEY in state})
+        config = own_config or CLAPConfig.preset("htsat-tiny", audio={"fusion": FUSION_KEY in state})
     elif isinstance(config, str):
         config = CLAPConfig.preset(config)
     if tokenizer.max_id >= config.text.vocab_size or tokenizer.pad_id != config.text.pad_token_id:
@@ -325,3 +332,10 @@ def load_clap(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None =
     load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, source)
     set_clap_precision(model, dtype or torch.float32)
     return model.to(device).eval()
+
+
+def save_clap(path: str | os.PathLike, model: CLAP) -> Path:
+    """Our checkpoint of `model`: float32 weights under LAION's key names, and its config (the
+    tokenizer files are not in it: `load_clap` reads them from a folder)."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    return save_checkpoint(path, CHECKPOINT_KIND, model.config, state, version=CHECKPOINT_VERSION)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from clipsonic import ops
-from clipsonic.checkpoint import load_checkpoint, load_state_dict_strict, safe_torch_load, save_checkpoint
+from clipsonic.checkpoint import checked_payload, is_ours, load_state_dict_strict, safe_torch_load, save_checkpoint
 from clipsonic.config import Config
 from clipsonic.errors import CheckpointError
 from clipsonic.imageproc import resize_center_crop
@@ -346,8 +346,8 @@ def read_clip_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         state = {k: v for k, v in read_torchscript(source).items() if k not in OPENAI_EXTRA_KEYS}
         return state, None, "openai-torchscript"
     payload = safe_torch_load(source)
-    if isinstance(payload, dict) and str(payload.get("format", "")).startswith("clipsonic."):
-        ours = load_checkpoint(source, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
+    if is_ours(payload):
+        ours = checked_payload(payload, source, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
         return ours["state_dict"], CLIPConfig.from_dict(ours["config"]), "clipsonic"
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]

@@ -1,9 +1,9 @@
 """Text or image in, audio out: CLIP query -> (prior) -> spectrogram diffusion -> vocoder.
 
 The `clipsonic sample` command is a thin shell over `Pipeline.generate_chunks`. The variants
-(iq, zs, pd, sd, tta: paper §2) and how each turns a query into the UNet's condition are
-`clipsonic.variants`. A BigVGAN vocoder turns the mel into a waveform, or Griffin-Lim when none
-is given.
+(iq, zs, pd, sd, tta, clap-tta: paper §2) and how each turns a query into the UNet's condition
+are `clipsonic.variants`; a LAION-CLAP model (`clap`) embeds the text of CLAP-TTA. A BigVGAN
+vocoder turns the mel into a waveform, or Griffin-Lim when none is given.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,14 @@ import torch
 from clipsonic.audio import griffin_lim
 from clipsonic.diffusion import GaussianDiffusion, Sampler, classifier_free_guidance, guidance_interval
 from clipsonic.errors import ClipsonicError
-from clipsonic.variants import IMAGE, TEXT, default_variant, get_variant, missing, query_embeddings
+from clipsonic.variants import CLAP_TEXT, IMAGE, TEXT, default_variant, get_variant, missing, query_embeddings
+
+if TYPE_CHECKING:  # the models' classes, for annotations only: loading imports them
+    from clipsonic.bundle import Vocabulary
+    from clipsonic.clap import CLAP
+    from clipsonic.clip import CLIP
+    from clipsonic.prior import DiffusionPrior
+    from clipsonic.unet import SpectrogramModel
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +106,19 @@ class Pipeline:
     demo: bool = False  # loaded as the shipped demo bundle (no models were given)
     vocabulary: "Vocabulary | None" = None  # the sounds a bundle knows, when it lists them: others get a warning
     guidance: float = PAPER_GUIDANCE  # when none is given: the bundle's recommended weight, else the paper's
+    clap: "CLAP | None" = None  # LAION-CLAP: embeds CLAP-TTA's text queries (and scores samples: clipsonic.rerank)
 
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, *, clip: str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, prior: str | os.PathLike | None = None,
              prior_config: str | os.PathLike | None = None, vocoder: str | os.PathLike | None = None,
              vocoder_config: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype | None = None) -> "Pipeline":
+             dtype: torch.dtype | None = None, clap: str | os.PathLike | None = None,
+             clap_tokenizer: str | os.PathLike | None = None) -> "Pipeline":
         """Load from explicit checkpoint paths, or a bundle folder (`clipsonic.bundle`; explicit paths
-        take precedence over its files); with none of them, the shipped demo bundle."""
+        take precedence over its files); with none of them, the shipped demo bundle. `clap`: a
+        LAION-CLAP checkpoint (`clipsonic.clap.load_clap`; its tokenizer files in `clap_tokenizer`,
+        default beside it)."""
         from clipsonic.bundle import load_models, open_bundle, shipped_bundle
 
         demo = bundle is None and clip is None and checkpoint is None
@@ -124,24 +136,33 @@ class Pipeline:
         models = load_models(opened, clip=clip, unet=checkpoint, prior=prior, prior_config=prior_config,
                              vocoder=vocoder, vocoder_config=vocoder_config, dtype=dtype, device=device)
         clip_model, spectrogram, prior_model, vocoder_model = models
+        clap_model = None
+        if clap is not None:
+            from clipsonic.clap import load_clap
+
+            clap_model = load_clap(clap, clap_tokenizer, dtype=dtype, device=device)
+            if spectrogram.condition == CLAP_TEXT and clap_model.config.joint_dim != spectrogram.embed_dim:
+                raise ClipsonicError(f"{clap}: CLAP embeddings are {clap_model.config.joint_dim}-d but the UNet was "
+                                     f"trained on {spectrogram.embed_dim}-d ones: use the CLAP it was trained with")
         return cls(clip=clip_model, spectrogram=spectrogram, prior=prior_model, vocoder=vocoder_model,
                    device=torch.device(device), demo=demo,
                    vocabulary=opened.vocabulary if opened is not None else None,
-                   guidance=opened.guidance if opened is not None and opened.guidance is not None else PAPER_GUIDANCE)
+                   guidance=opened.guidance if opened is not None and opened.guidance is not None else PAPER_GUIDANCE,
+                   clap=clap_model)
 
     def query(self, text: str | None = None, image: np.ndarray | None = None, variant: str = "zs",
               seed: int | None = None) -> torch.Tensor:
-        """The CLIP embedding [1, D] the UNet is conditioned on (`clipsonic.variants.query_embeddings`)."""
+        """The embedding [1, D] the UNet is conditioned on (`clipsonic.variants.query_embeddings`)."""
         chosen = get_variant(variant)
         if (text is None) == (image is None):
             raise ClipsonicError("give exactly one of a text or an image")
-        problem = missing(chosen, self.spectrogram.condition, self.prior)
+        problem = missing(chosen, self.spectrogram.condition, self.prior, self.clap)
         if problem:
             raise problem
         return query_embeddings(chosen, self.clip, texts=None if text is None else [text],
                                 images=None if image is None else [image], prior=self.prior,
                                 seed=seed if seed is not None else fresh_seed(), prior_steps=self.prior_steps,
-                                prior_candidates=self.prior_candidates)
+                                prior_candidates=self.prior_candidates, clap=self.clap)
 
     @torch.inference_mode()
     def generate_mel(self, query: torch.Tensor, guidance: float = PAPER_GUIDANCE, sampler: str = "dpm++", steps: int = 25,
@@ -192,8 +213,9 @@ class Pipeline:
 
     def default_variant(self, image: np.ndarray | None) -> str:
         """iq for an image; for a text the variant the loaded prior makes possible (sd, pd), else zs
-        (tta for a UNet trained on text embeddings)."""
-        return default_variant(IMAGE if image is not None else TEXT, self.spectrogram.condition, self.prior)
+        (tta, clap-tta for a UNet trained on CLIP, CLAP text embeddings)."""
+        return default_variant(IMAGE if image is not None else TEXT, self.spectrogram.condition, self.prior,
+                               self.clap)
 
     def unfamiliar_prompt(self, text: str) -> str | None:
         """A warning for a text far from every sound the bundle lists (the demo's eight), else None."""

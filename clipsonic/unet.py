@@ -264,7 +264,7 @@ class SpectrogramModel:
     unet: UNet
     mel_norm: MelNormalization
     mel_config: "MelConfig"
-    condition: str  # "image" (CLIPSonic) or "text" (the CLIP-TTA baseline)
+    condition: str  # "image" (CLIPSonic), "text" (CLIP-TTA), "clap-text" (CLAP-TTA): variants.CONDITIONS
     embed_dim: int
     diffusion_steps: int
     clip: dict | None  # which CLIP produced the training embeddings, when known
@@ -279,7 +279,7 @@ class UNetCheckpointInfo:
 
     mel_norm: MelNormalization
     mel_config: "MelConfig"
-    condition: str  # "image" (CLIPSonic) or "text" (the CLIP-TTA baseline)
+    condition: str  # "image" (CLIPSonic), "text" (CLIP-TTA), "clap-text" (CLAP-TTA): variants.CONDITIONS
     embed_dim: int
     diffusion_steps: int
     clip: dict | None = None  # which CLIP produced the training embeddings, when known

@@ -36,6 +36,7 @@ activation; ``pca=True`` applies the AudioSet release's PCA whitening and 8-bit 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -47,7 +48,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from clipsonic.checkpoint import load_state_dict_strict, safe_torch_load
+from clipsonic.checkpoint import (FORMAT_PREFIX, load_checkpoint, load_state_dict_strict, safe_torch_load,
+                                  save_checkpoint)
+from clipsonic.config import Config
 from clipsonic.errors import CheckpointError, ClipsonicError
 from clipsonic.resample import resample
 
@@ -62,8 +65,9 @@ LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96  # 0.96 s, no overlap
 EMBEDDING_SIZE = 128
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
-CONV_CHANNELS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
-FLAT_FEATURES = 512 * 6 * 4  # channels x (96 / 16) x (64 / 16)
+POOLED_AFTER = (0, 1, 3, 5)  # 2x2 max-pooling follows these convolutions (of six)
+CHECKPOINT_KIND = "vggish"  # our own checkpoints (the demo bundle's VGGish); torchvggish's are plain state dicts
+CHECKPOINT_VERSION = 1
 DEFAULT_BATCH = 32  # examples per convolution call: on CPU, larger ones spill out of cache
 LINEAR_BATCH = 512  # examples per linear-layer call
 # resampy's "kaiser_best" filter, which the reference resamples with: 50 zero crossings of the
@@ -149,15 +153,31 @@ def log_mel_examples(wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_R
 # ---------------------------------------------------------------- network
 
 
-def _conv_stack() -> nn.Sequential:
+@dataclasses.dataclass(frozen=True)
+class VGGishConfig(Config):
+    """The network's widths: AudioSet's VGGish (``audioset``, torchvggish's weights) or a narrow
+    one of the same layout (``demo``: 1.2 M parameters, trained as a classifier of the demo
+    bundle's classes, `clipsonic.demo.embedding`)."""
+
+    channels: tuple[int, ...] = (64, 128, 256, 256, 512, 512)
+    hidden: int = 4096
+    embedding_size: int = EMBEDDING_SIZE
+
+    PRESETS = {"audioset": {}, "demo": {"channels": (16, 32, 64, 64, 128, 128), "hidden": 256}}
+
+    @property
+    def flat_features(self) -> int:
+        return self.channels[-1] * (EXAMPLE_FRAMES // 16) * (MEL_BANDS // 16)  # four poolings of [96, 64]
+
+
+def _conv_stack(config: VGGishConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = 1
-    for entry in CONV_CHANNELS:
-        if entry == "M":
+    for index, width in enumerate(config.channels):
+        layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        if index in POOLED_AFTER:
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [nn.Conv2d(channels, entry, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            channels = entry
+        channels = width
     return nn.Sequential(*layers)
 
 
@@ -182,15 +202,19 @@ def _max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
 class VGGish(nn.Module):
     """The embedding network; `forward` maps examples [B, 96, 64] to raw embeddings [B, 128]."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: VGGishConfig = VGGishConfig()) -> None:
         super().__init__()
-        self.features = _conv_stack()
+        self.config = config
+        self.features = _conv_stack(config)
         # torchvggish ends with a ReLU too; FAD drops it, so it is applied on request only.
         self.embeddings = nn.Sequential(
-            nn.Linear(FLAT_FEATURES, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, EMBEDDING_SIZE),
+            nn.Linear(config.flat_features, config.hidden), nn.ReLU(inplace=True),
+            nn.Linear(config.hidden, config.hidden), nn.ReLU(inplace=True),
+            nn.Linear(config.hidden, config.embedding_size),
         )
+        self.origin = "torchvggish"  # or "demo": which weights these are, said where a FAD is reported
+        self.classes: tuple[str, ...] = ()  # a VGGish trained as a classifier: its classes and linear head
+        self.head: tuple[torch.Tensor, torch.Tensor] | None = None
         # AudioSet's PCA: not part of the network's checkpoint, so kept out of the state dict.
         self.register_buffer("pca_eigen_vectors", None, persistent=False)
         self.register_buffer("pca_means", None, persistent=False)
@@ -223,7 +247,7 @@ class VGGish(nn.Module):
         x = examples.reshape(-1, 1, EXAMPLE_FRAMES, MEL_BANDS)
         x = x.to(self.device, self.compute_dtype).contiguous(memory_format=torch.channels_last)
         x = self._convolutions(x)  # [B, 512, 6, 4]
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], FLAT_FEATURES)  # NCHW -> NHWC, then flatten
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], self.config.flat_features)  # NCHW -> NHWC, then flatten
 
     def forward(self, examples: torch.Tensor) -> torch.Tensor:
         """Log-mel examples [B, 96, 64] (or [B, 1, 96, 64]) -> embeddings [B, 128], float32,
@@ -255,7 +279,7 @@ class VGGish(nn.Module):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if examples.shape[0] == 0:
-            return torch.zeros(0, EMBEDDING_SIZE, device=self.device)
+            return torch.zeros(0, self.config.embedding_size, device=self.device)
         features = torch.cat([self.flat_features(chunk) for chunk in examples.split(batch_size)])
         raw = torch.cat([self.embeddings(chunk).float() for chunk in features.split(max(batch_size, LINEAR_BATCH))])
         return self._finish(raw, relu, pca)
@@ -323,9 +347,62 @@ def load_pca_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor
     return matrix, means.reshape(EMBEDDING_SIZE)
 
 
+@dataclasses.dataclass(frozen=True)
+class VGGishClassifier:
+    """A VGGish trained as a classifier (the demo bundle's): the network, its class names and a
+    linear head on the raw embedding (logits = head_weight @ embedding + head_bias)."""
+
+    vggish: VGGish
+    classes: tuple[str, ...]
+    head_weight: torch.Tensor  # [classes, embedding]
+    head_bias: torch.Tensor  # [classes]
+
+    @torch.inference_mode()
+    def predict(self, wavs: Sequence[torch.Tensor | np.ndarray], sample_rate: int = SAMPLE_RATE) -> list[str]:
+        """The class of each clip: the largest logit averaged over its 0.96-s examples."""
+        embeddings = self.vggish.embed_clips(wavs, sample_rate)
+        head_weight, head_bias = self.head_weight.to(self.vggish.device), self.head_bias.to(self.vggish.device)
+        return [self.classes[int((e @ head_weight.t() + head_bias).mean(dim=0).argmax())] for e in embeddings]
+
+
+def save_vggish(path: str | os.PathLike, model: VGGish) -> Path:
+    """Our checkpoint of a VGGish (float32), with its classifier head when it has one."""
+    state = {k: v.float() for k, v in model.state_dict().items()}
+    extra = {"classes": list(model.classes), "origin": model.origin}
+    if model.head is not None:
+        extra.update(head_weight=model.head[0].detach().float().cpu(), head_bias=model.head[1].detach().float().cpu())
+    return save_checkpoint(path, CHECKPOINT_KIND, model.config, state, version=CHECKPOINT_VERSION, extra=extra)
+
+
+def _prepared(model: VGGish, dtype: torch.dtype | None, device: torch.device | str) -> VGGish:
+    network_dtype = dtype or torch.float32
+    model.features.to(network_dtype)
+    model.embeddings.to(network_dtype)
+    # oneDNN's and cuDNN's fast convolutions use channels-last (NHWC) weights and activations.
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def classifier(model: VGGish) -> VGGishClassifier:
+    """The classifier a VGGish checkpoint of ours carries (`save_vggish` of a model with a head)."""
+    if model.head is None:
+        raise CheckpointError("this VGGish has no classifier head (only the demo bundle's VGGish has one)")
+    return VGGishClassifier(model, model.classes, *model.head)
+
+
+def _ours(payload: dict, source: Path) -> VGGish:
+    model = VGGish(VGGishConfig.from_dict(payload["config"]))
+    load_state_dict_strict(model, payload["state_dict"], source)
+    extra = payload["extra"]
+    model.origin, model.classes = str(extra.get("origin", "clipsonic")), tuple(extra.get("classes", ()))
+    if "head_weight" in extra:
+        model.head = (extra["head_weight"].float(), extra["head_bias"].float())
+    return model
+
+
 def load_vggish(path: str | os.PathLike, pca_path: str | os.PathLike | None = None, *,
                 dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> VGGish:
-    """VGGish in eval mode from torchvggish's state dict (``vggish-10086976.pth``), loaded strictly.
+    """VGGish in eval mode from torchvggish's state dict (``vggish-10086976.pth``), loaded strictly,
+    or from one of our VGGish checkpoints (`save_vggish`: the demo bundle's ``vggish.pt``).
 
     `pca_path`: the AudioSet PCA parameters, needed only for ``embed(..., pca=True)``.
     `dtype`: the network's compute precision. float32 by default; bfloat16 was 7.8x faster on a
@@ -334,14 +411,13 @@ def load_vggish(path: str | os.PathLike, pca_path: str | os.PathLike | None = No
     """
     source = Path(path)
     state = safe_torch_load(source)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{source}: not a VGGish state dict (expected a dict of tensors)")
-    model = VGGish()
-    load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, source)
+    if isinstance(state, dict) and str(state.get("format", "")).startswith(FORMAT_PREFIX):
+        model = _ours(load_checkpoint(source, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION), source)
+    else:
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{source}: not a VGGish state dict (expected a dict of tensors)")
+        model = VGGish()
+        load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, source)
     if pca_path is not None:
         model.pca_eigen_vectors, model.pca_means = load_pca_params(pca_path)
-    network_dtype = dtype or torch.float32
-    model.features.to(network_dtype)
-    model.embeddings.to(network_dtype)
-    # oneDNN's and cuDNN's fast convolutions use channels-last (NHWC) weights and activations.
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return _prepared(model, dtype, device)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from clipsonic.clap import (CLAP, FUSION_KEY, UNUSED_KEYS, CLAPConfig, audio_input, clap_score, crop_start,
-                            fusion_chunk_starts, load_clap, log_mel, quantize_int16, repeat_pad, set_clap_precision)
+                            fusion_chunk_starts, load_clap, log_mel, quantize_int16, repeat_pad, save_clap,
+                            set_clap_precision)
 from clipsonic.errors import CheckpointError, ClipsonicError
 from clipsonic.resample import resample
 from clipsonic.roberta import RobertaTokenizer
@@ -22,6 +23,7 @@ from conftest import FIXTURES
 sys.path.insert(0, str(FIXTURES))
 from make_clap_fixtures import (BPE_DIR, CHUNK_SEED, CLIP_SECONDS, WEIGHT_SEEDS, checksum,  # noqa: E402
                                 model_shapes, seeded_clap_state_dict)
+from tiny_clap import save_tiny_clap, seeded_model  # noqa: E402
 
 RECORDS = json.loads((FIXTURES / "clap_tokens.json").read_text(encoding="utf-8"))
 LAYOUT = json.loads((FIXTURES / "clap_layout.json").read_text(encoding="utf-8"))
@@ -158,12 +160,6 @@ def test_a_clip_under_one_hop_over_ten_seconds_is_not_fused():
 # ---------------------------------------------------------------- the model, tiny preset
 
 
-def seeded_model(config: CLAPConfig, seed: int, tokenizer=None) -> CLAP:
-    model = CLAP(config, tokenizer).eval()
-    model.load_state_dict(seeded_clap_state_dict(model_shapes(config), seed))
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
     return seeded_model(CLAPConfig.preset("tiny"), 1, tokenizer)
@@ -280,6 +276,19 @@ def test_official_layout_loads_strictly(tmp_path, tiny_model, reference, numpy1)
     clip = clip_16k(reference, 4)
     torch.testing.assert_close(model.embed_audio(clip), tiny_model.embed_audio(clip))
     torch.testing.assert_close(model.embed_text(["rain"]), tiny_model.embed_text(["rain"]))
+
+
+def test_our_checkpoint_rebuilds_any_size_with_the_tokenizer_beside_it(tmp_path, tiny_model, reference):
+    path = save_tiny_clap(tmp_path / "ours", joint_dim=24)
+    model = load_clap(path)  # config from the file, tokenizer files from its folder
+    assert model.config == CLAPConfig.preset("tiny", joint_dim=24)
+    assert model.embed_audio(clip_16k(reference, 4)).shape == (1, 24) and model.embed_text(["rain"]).shape == (1, 24)
+    same = load_clap(save_clap(tmp_path / "again.pt", tiny_model), BPE_DIR)
+    for name, tensor in tiny_model.state_dict().items():
+        assert torch.equal(same.state_dict()[name], tensor), name
+    torch.save({"format": "clipsonic.unet", "version": 1, "config": {}, "state_dict": {}}, tmp_path / "unet.pt")
+    with pytest.raises(CheckpointError, match=r"unet\.pt: is a unet checkpoint, expected a clap checkpoint"):
+        load_clap(tmp_path / "unet.pt", BPE_DIR)
 
 
 def tiny_checkpoint(path, change=None):

@@ -162,6 +162,21 @@ def test_bench_ops_on_cpu(tmp_path):
     assert any(row["name"].startswith("unet tiny step") and row["ratio"] > 0 for row in rows)
 
 
+def test_bench_clap(tmp_path):
+    out = tmp_path / "clap.json"
+    done = run_cli("bench", "clap", "--preset", "tiny", "--clips", "3", "--batch", "2", "--seconds", "1",
+                   "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [row["dtype"] for row in rows] == ["fp32", "bf16"] and "reference: clipsonic fp32" in rows[0]["name"]
+    assert rows[1]["ratio"] > 0 and rows[1]["agreement"] > 0.99
+    for args, message in ((["--seconds", "12"], "--seconds 12: must be more than 0 and at most 10"),
+                          (["--reference-python", str(tmp_path / "none")], "no such file"),
+                          (["--reference-python", sys.executable], "not --preset tiny")):
+        refused = run_cli("bench", "clap", "--preset", "tiny", *args)
+        assert refused.returncode == 2 and message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_bench_preprocess(tmp_path):
     out = tmp_path / "pre.json"
     done = run_cli("bench", "preprocess", "--clip-preset", "tiny", "--clips", "2", "--seconds", "2.5",

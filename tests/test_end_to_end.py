@@ -33,7 +33,7 @@ def test_videos_to_evaluation(tmp_path):
     data = tmp_path / "data"
     run("preprocess", tmp_path / "synthetic" / "videos", "--out", data, "--labels", tmp_path / "synthetic" / "labels.csv",
         "--clip", clip_path, "--workers", 1, "--no-progress")
-    assert len((data / "clips.jsonl").read_text().splitlines()) == 16
+    assert len((data / "clips.jsonl").read_text().splitlines()) == 2 * 16  # 2 clips of each of 16 classes
     run("train", data, "--out", tmp_path / "unet", "--preset", "tiny", "--steps", 3, "--batch-size", 2,
         "--save-every", 3, "--no-progress")
     run("train-prior", data, "--out", tmp_path / "prior", "--preset", "tiny", "--steps", 2, "--batch-size", 4,
@@ -65,3 +65,34 @@ def test_videos_to_evaluation(tmp_path):
     assert fad.stdout.startswith("FAD ") and float(fad.stdout.split()[1]) >= 0
     missing = run("eval", "fad", tmp_path / "nowhere", out / "samples", "--vggish", vggish_path, check=False)
     assert missing.returncode == 1 and "nowhere: not a folder" in missing.stderr
+
+    # The CLAP column and Table 5, with a tiny random CLAP (LAION's weights are not here).
+    from clipsonic.clap import CLAP, CLAPConfig, clap_score
+    from clipsonic.data import Dataset
+    from clipsonic.eval.evaluate import CLAP_TEMPLATE, EvalConfig, Evaluator, evaluate
+    from clipsonic.pipeline import Pipeline
+    from clipsonic.roberta import RobertaTokenizer
+    from clipsonic.vggish import load_vggish
+    from conftest import FIXTURES
+
+    clap = CLAP(CLAPConfig.preset("tiny"), RobertaTokenizer.from_dir(FIXTURES / "clap_bpe")).eval()
+    pipeline = Pipeline.load(clip=clip_path, checkpoint=tmp_path / "unet" / "checkpoint.pt")
+    evaluator = Evaluator(pipeline, Dataset(data, split="test"), load_vggish(vggish_path),
+                          EvalConfig(samples=4, batch=4, steps=2, seconds=1.0, guidance=(1.0,)), clap=clap)
+    scored = evaluate(evaluator, ["iq"], tmp_path / "eval-clap")
+    claps = {row["variant"]: row["clap"] for row in scored["fad"]}
+    assert set(claps) == {"iq", "reconstruction"} and all(-1 <= value <= 1 for value in claps.values())
+    # the column is the mean score of the very samples, against "the sound of [label]"
+    _, per_sample = evaluator.generated_embeddings("iq", 1.0)
+    mel = pipeline.generate_mel(evaluator.condition("iq")[:4], 1.0, "dpm++", 2, 1.0, 0, batch=4)
+    texts = clap.embed_text([CLAP_TEMPLATE.format(label=q.label) for q in evaluator.queries])
+    expected = clap_score(clap.embed_audio(pipeline.vocode(mel, 1.0, seed=0)), texts)
+    assert per_sample == pytest.approx(expected.tolist(), abs=1e-5) and claps["iq"] == pytest.approx(
+        float(expected.mean()), abs=1e-5)
+    assert "| CLIPSonic-IQ (image-queried) | - | image | image |" in (tmp_path / "eval-clap" / "table1.md").read_text()
+    assert "n/a" not in (tmp_path / "eval-clap" / "table1.md").read_text()
+    windows = scored["clap_score"]["windows"]
+    assert set(windows) == {"ground truth", "reconstruction"}
+    for row in windows.values():
+        assert row["min"] <= row["mean"] <= row["max"] and -1 <= row["whole"] <= 1
+    assert "| Griffin-Lim mel spectrogram reconstruction |" in (tmp_path / "eval-clap" / "table5.md").read_text()

@@ -235,6 +235,7 @@ def test_prior_variants(models, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "variant sd" in done.stderr
     again = sample(models, "--text", "a photo of rain", "--prior", prior, "--seed", "2", "-o", str(tmp_path / "sd2.wav"))
+    assert again.returncode == 0, again.stderr
     assert np.array_equal(soundfile.read(tmp_path / "sd.wav")[0], soundfile.read(tmp_path / "sd2.wav")[0])
     wrong = sample(models, "--text", "rain", "--prior", prior, "--variant", "pd", "-o", str(tmp_path / "pd.wav"))
     assert wrong.returncode == 1 and "variant pd needs LAION's pretrained prior" in wrong.stderr
@@ -268,3 +269,117 @@ def test_auto_precision_follows_the_cpu():
     assert runtime.auto_dtype(torch.device("cuda"))[0] == "fp32"  # not yet measured on a GPU
     with pytest.raises(ValueError, match="needs the device"):
         runtime.resolve_dtype("auto")
+
+
+# ---------------------------------------------------------------- LAION-CLAP: best of N, CLAP-TTA
+
+
+@pytest.fixture(scope="module")
+def clap_models(models):
+    """Tiny CLAPs (our checkpoints, tokenizer files beside them) and a CLAP-TTA UNet trained two
+    steps on the toy data. The CLAP-TTA one has 64-d embeddings like the tiny CLIP: loading a
+    UNet checks the CLIP's width against it (`clipsonic.bundle.load_models`)."""
+    from clipsonic.clap import load_clap
+    from clipsonic.variants import CLAP_TEXT
+    from tiny_clap import save_tiny_clap
+
+    narrow = save_tiny_clap(models / "clap32", joint_dim=32)
+    wide = save_tiny_clap(models / "clap64", joint_dim=64, seed=2)
+    torch.manual_seed(0)
+    task = DiffusionTask(Dataset(models / "data", split="train"), UNetConfig.preset("tiny"),
+                         DiffusionTrainingConfig(crop_frames=16, diffusion_steps=100, condition=CLAP_TEXT),
+                         clap=load_clap(wide))
+    train(task, TrainConfig(steps=2, batch_size=2, save_every=2, keep=0), models / "clap-tta-run", progress=False)
+    shutil.copy(models / "clap-tta-run" / "checkpoint.pt", models / "clap-tta.pt")
+    return {"narrow": narrow, "wide": wide, "unet": models / "clap-tta.pt"}
+
+
+def test_best_of_n_keeps_each_outputs_highest_clap_score(models, clap_models, monkeypatch):
+    import clipsonic
+    from clipsonic import pipeline as pipeline_module
+    from clipsonic.clap import clap_score, load_clap
+    from clipsonic.rerank import best_of, clap_scorer
+
+    model, clap = clipsonic.Pipeline.load(models), load_clap(clap_models["narrow"])
+    monkeypatch.setattr(pipeline_module, "CHUNK_FRAMES", 32)  # 0.5 s = 16 frames: chunks of 2, across outputs
+    settings = {"text": "rain", "steps": 2, "seconds": 0.5, "seed": 6, "batch": 12}
+    candidates = model.generate(**settings)
+    text = clap.embed_text(["rain"])
+    alone = torch.tensor([clap_score(clap.embed_audio(wav[None], 16000), text)[0] for wav in candidates]).view(4, 3)
+    choices = list(best_of(model.generate_chunks(**settings), 3, clap_scorer(clap, "rain", 16000)))
+    assert [choice.index for choice in choices] == [0, 1, 2, 3]
+    for choice, scores in zip(choices, alone):
+        torch.testing.assert_close(torch.tensor(choice.scores), scores, rtol=1e-4, atol=1e-5)
+        assert choice.winner == int(torch.tensor(choice.scores).argmax())
+        assert scores[choice.winner] >= scores.max() - 3e-5  # the best scored alone, up to batching's rounding
+        assert torch.equal(choice.wav, candidates[3 * choice.index + choice.winner])
+    assert {choice.winner for choice in choices} != {0}  # not merely the first candidate each time
+    with pytest.raises(ValueError, match="left over"):
+        list(best_of(model.generate_chunks(**{**settings, "batch": 5}), 3, clap_scorer(clap, "rain", 16000)))
+
+
+def test_sample_candidates_keeps_the_best_and_is_reproducible(models, clap_models, tmp_path):
+    import re
+
+    import clipsonic
+    from clipsonic.audio import playable
+
+    args = ["--text", "rain", "--candidates", "3", "--batch", "2", "--clap", str(clap_models["narrow"]), "--seed", "5",
+            "--dtype", "fp32"]
+    first = sample(models, *args, "-o", str(tmp_path / "a" / "x.wav"))
+    again = sample(models, *args, "-o", str(tmp_path / "b" / "x.wav"))
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    lines = [line for line in first.stderr.splitlines() if "candidate" in line]
+    assert lines == [line for line in again.stderr.splitlines() if "candidate" in line] and len(lines) == 2
+    assert "best of 3 by CLAP score" in first.stderr
+    candidates = clipsonic.Pipeline.load(models).generate(text="rain", steps=3, seconds=1, seed=5, batch=6)
+    for index, line in enumerate(lines):
+        found = re.fullmatch(rf"x_{index}\.wav: candidate (\d) of 3, CLAP score (\S+) \(all: (\S+) (\S+) (\S+)\)", line)
+        assert found, line
+        winner, scores = int(found[1]) - 1, [float(value) for value in found.group(3, 4, 5)]
+        assert scores[winner] == max(scores) == float(found[2])
+        written = soundfile.read(tmp_path / "a" / f"x_{index}.wav", dtype="float32")[0]
+        assert np.array_equal(written, soundfile.read(tmp_path / "b" / f"x_{index}.wav", dtype="float32")[0])
+        expected = playable(candidates[3 * index + winner], 16000)[0]
+        torch.testing.assert_close(torch.from_numpy(written), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", "rain", "--candidates", "3"], "--candidates needs --clap"),
+    (["--image", "x.png", "--candidates", "3", "--clap", "c.pt"],
+     "--candidates ranks by the CLAP score against the text; with --image there is no text"),
+    (["--text", "rain", "--candidates", "0", "--clap", "c.pt"], "--candidates 0: must be from 1 to 64"),
+    (["--text", "rain", "--candidates", "65", "--clap", "c.pt"], "--candidates 65: must be from 1 to 64"),
+    (["--text", "rain", "--clap-tokenizer", "bpe"], "--clap-tokenizer needs --clap"),
+])
+def test_ranking_options_are_usage_errors_before_any_work(models, tmp_path, args, message):
+    done = sample(models, *args, "-o", str(tmp_path / "x.wav"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and not any(tmp_path.iterdir())
+
+
+def test_clap_tta_generates_from_clap_text_embeddings(models, clap_models, tmp_path):
+    import clipsonic
+    from clipsonic.clap import load_clap
+
+    unet, wide = str(clap_models["unet"]), str(clap_models["wide"])
+    done = sample(models, "--checkpoint", unet, "--clap", wide, "--text", "the sound of rain", "--candidates", "2",
+                  "--seed", "3", "-o", str(tmp_path / "tta.wav"), "-v")
+    assert done.returncode == 0, done.stderr
+    assert "variant clap-tta" in done.stderr and "tta.wav: candidate" in done.stderr
+    assert soundfile.read(tmp_path / "tta.wav")[0].shape == (16000,)
+    pipeline = clipsonic.Pipeline.load(clip=models / "clip.pt", checkpoint=unet, clap=wide)
+    assert pipeline.default_variant(None) == "clap-tta"
+    torch.testing.assert_close(pipeline.query(text="the sound of rain", variant="clap-tta"),
+                               load_clap(wide).embed_text(["the sound of rain"]))
+    assert pipeline.generate(text="the sound of rain", steps=2, seconds=0.5, seed=1).shape == (1, 8000)
+    missing = sample(models, "--checkpoint", unet, "--text", "rain", "-o", str(tmp_path / "x.wav"))
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1] == (
+        "clipsonic: error: variant clap-tta needs the LAION-CLAP model (--clap) whose text embeddings the UNet was "
+        "trained on")
+    other = sample(models, "--checkpoint", unet, "--clap", str(clap_models["narrow"]), "--text", "rain",
+                   "-o", str(tmp_path / "x.wav"))
+    assert other.returncode == 1 and "CLAP embeddings are 32-d but the UNet was trained on 64-d ones" in other.stderr
+    unused = sample(models, "--clap", wide, "--text", "rain", "-o", str(tmp_path / "y.wav"))
+    assert unused.returncode == 0 and "--clap is not used" in unused.stderr

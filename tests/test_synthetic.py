@@ -84,7 +84,8 @@ def onset_times(wav: np.ndarray) -> np.ndarray:
 # --- audio ----------------------------------------------------------------------------------------
 
 def test_classes_are_fixed():
-    assert CLASSES == ("rain", "bell", "bird", "engine", "drum", "siren", "wind", "clock")
+    assert CLASSES == ("rain", "bell", "bird", "engine", "drum", "siren", "wind", "clock",
+                       "thunder", "dog", "footsteps", "stream", "fire", "phone", "horn", "whistle")
 
 
 @pytest.mark.parametrize("label", CLASSES)
@@ -95,7 +96,7 @@ def test_audio_is_deterministic_and_varies(label):
     assert first.dtype == np.float32 and first.shape == (4 * SR,)
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
-    assert np.isfinite(first).all() and 0.25 < np.abs(first).max() < 0.95
+    assert np.isfinite(first).all() and 0.19 < np.abs(first).max() <= synthetic.PEAK_RANGE[1] + 1e-6
 
 
 def test_engine_is_low():
@@ -171,11 +172,66 @@ def test_rain_is_broadband_and_steady_wind_is_low_and_gusty():
         assert wind_level.max() / wind_level.min() > 1.4
 
 
+def test_peaks_leave_headroom_over_many_seeds():
+    """Every class, 40 clips each: the peak lies in PEAK_RANGE (at most -4.4 dBFS), so the AAC
+    encoder's overshoot (up to 1.5x on tones) stays under full scale."""
+    low, high = synthetic.PEAK_RANGE
+    for label in CLASSES:
+        peaks = [np.abs(audio(label, seed, seconds=1.5)).max() for seed in range(40)]
+        assert low - 1e-6 <= min(peaks) and max(peaks) <= high + 1e-6, label
+        assert max(peaks) / min(peaks) > 1.8, label  # the level still varies within the class
+
+
+@needs_ffmpeg
+def test_encoded_sound_tracks_stay_under_full_scale(tmp_path):
+    """The decoded AAC track of the tonal classes (where the codec overshoots most) never clips:
+    write_clip checks it and re-encodes quieter if it would."""
+    for label in ("siren", "whistle", "phone", "horn", "bird"):
+        for index in range(3):
+            spec = synthetic.ClipSpec(label, index, 2.0, "train", 7)
+            path = synthetic.write_clip(spec, tmp_path / f"{label}_{index}.mp4", size=32)
+            assert np.abs(media.decode_audio(path)).max() <= synthetic.ENCODED_PEAK_LIMIT, (label, index)
+
+
+def test_write_clip_rescales_when_the_codec_overshoots(tmp_path, monkeypatch):
+    """A decoded peak over the limit makes write_clip encode again, scaled down (checked, not assumed)."""
+    from clipsonic.demo.synthetic import videos
+
+    encoded: list[float] = []
+    real_encode = videos._encode
+    monkeypatch.setattr(videos, "_encode", lambda frames, wav, out, fps, sr: (encoded.append(float(np.abs(wav).max())),
+                                                                           real_encode(frames, wav, out, fps, sr)))
+    decoded = iter([1.2, 0.9])
+    monkeypatch.setattr(videos, "decode_audio", lambda path, sr: np.array([next(decoded)], dtype=np.float32))
+    synthetic.write_clip(synthetic.ClipSpec("siren", 0, 1.0, "train", 0), tmp_path / "a.mp4", size=32)
+    assert len(encoded) == 2 and encoded[1] == pytest.approx(encoded[0] * 0.9 / 1.2, rel=1e-5)
+
+
+def test_new_classes_sound_like_themselves():
+    for seed in SEEDS:
+        assert band_share(audio("thunder", seed), 0, 400) > 0.7  # a deep rumble
+        assert band_share(audio("whistle", seed), 2000, 4000) > 0.8  # one piercing tone
+        assert band_share(audio("horn", seed), 300, 3500) > 0.85  # buzzy mid tones
+        assert 0.15 < band_share(audio("dog", seed), 300, 1000) < 0.9  # voiced, with a breathy part above
+        phone = audio("phone", seed)
+        assert band_share(phone, 650, 1400) > 0.7
+        on = frame_rms(phone, 0.05) > 0.2 * frame_rms(phone, 0.05).max()
+        assert 0.15 < on.mean() < 0.45  # rings, then silence
+        envelope = frame_rms(audio("footsteps", seed), 0.02)  # a regular gait: the loudness repeats every step
+        envelope -= envelope.mean()
+        correlation = np.correlate(envelope, envelope, "full")[envelope.size - 1:]
+        assert correlation[15:50].max() / correlation[0] > 0.45  # at a lag of 0.3-1 s
+        assert band_share(audio("stream", seed), 250, 3500) > 0.8
+        crackle, hiss = highpass(audio("fire", seed), 900), highpass(audio("rain", seed), 900)
+        kurtosis = [((w - w.mean()) ** 4).mean() / w.var() ** 2 for w in (crackle, hiss)]
+        assert kurtosis[0] > 20 > 5 > kurtosis[1]  # sparse clicks, not a steady hiss
+
+
 def test_unknown_class_and_bad_length():
-    with pytest.raises(ClipsonicError, match="unknown class 'dog'; choose from rain, bell"):
-        synthetic.synthesize_audio("dog", np.random.default_rng(0), 1.0)
+    with pytest.raises(ClipsonicError, match="unknown class 'cat'; choose from rain, bell"):
+        synthetic.synthesize_audio("cat", np.random.default_rng(0), 1.0)
     with pytest.raises(ClipsonicError, match="unknown class"):
-        synthetic.class_picture("dog")
+        synthetic.class_picture("cat")
     with pytest.raises(ClipsonicError, match="cannot synthesize"):
         synthetic.synthesize_audio("rain", np.random.default_rng(0), 0.0)
     with pytest.raises(ClipsonicError, match="scene parameters are for 'rain'"):
@@ -227,7 +283,7 @@ def test_pictures_separate_by_nearest_centroid_on_fresh_clips():
 
 def test_plan_clips_lengths_splits_and_stability():
     specs = synthetic.plan_clips(10, seed=0, seconds_range=(4, 10), fps=4)
-    assert len(specs) == 80 and [s.label for s in specs[::10]] == list(CLASSES)
+    assert len(specs) == 10 * len(CLASSES) and [s.label for s in specs[::10]] == list(CLASSES)
     assert all(4 <= s.seconds <= 10 and (s.seconds * 4).is_integer() for s in specs)
     assert [s.split for s in specs[:10]] == ["train"] * 8 + ["test"] * 2
     assert len({s.seconds for s in specs}) > 10
@@ -264,7 +320,7 @@ def test_make_demo_data_writes_decodable_labelled_videos(tiny_set):
         rows = list(csv.DictReader(handle))
     assert [(row["label"], row["split"]) for row in rows[:2]] == [("rain", "train"), ("rain", "test")]
     assert sorted(row["file"] for row in rows) == sorted(f"{c}/{c}_{i:03d}.mp4" for c in CLASSES for i in range(2))
-    assert tiny_set.written == 16 and tiny_set.skipped == 0
+    assert tiny_set.written == 2 * len(CLASSES) and tiny_set.skipped == 0
     assert sorted(p.relative_to(root / "videos").as_posix() for p in (root / "videos").rglob("*.mp4")) == sorted(
         row["file"] for row in rows)
     for row in rows:
@@ -297,14 +353,14 @@ def test_resume_skips_finished_clips_and_redoes_interrupted_ones(tmp_path):
     videos = tmp_path / "videos"
     stamps = {p: p.stat().st_mtime_ns for p in videos.rglob("*.mp4")}
     again = synthetic.make_demo_data(tmp_path, **settings)
-    assert (again.written, again.skipped) == (0, 8)
+    assert (again.written, again.skipped) == (0, len(CLASSES))
     assert {p: p.stat().st_mtime_ns for p in videos.rglob("*.mp4")} == stamps
     # A run killed mid-write leaves a hidden temporary file and no final one.
     (videos / "rain" / "rain_000.mp4").unlink()
     stale = videos / "rain" / ".rain_000.mp4.x1y2z3.tmp.mp4"
     stale.write_bytes(b"\x00\x00\x00\x18ftypisom")
     resumed = synthetic.make_demo_data(tmp_path, **settings)
-    assert (resumed.written, resumed.skipped) == (1, 7) and not stale.exists()
+    assert (resumed.written, resumed.skipped) == (1, len(CLASSES) - 1) and not stale.exists()
     assert media.probe(videos / "rain" / "rain_000.mp4").duration == pytest.approx(1.0, abs=0.05)
     assert first.labels.read_text() == resumed.labels.read_text()
     with pytest.raises(ClipsonicError, match="other settings"):

@@ -14,7 +14,9 @@ from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion, classifier_free_guidance
 from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
 from clipsonic.train.loop import StepContext, Task, TrainConfig, TrainingError, epoch_indices, train
+from clipsonic.errors import ParameterError
 from clipsonic.unet import UNetConfig, load_unet
+from tiny_clap import save_tiny_clap, tiny_clap
 from toydata import BANDS, LABELS, class_embedding, make_toy_dataset
 
 
@@ -186,6 +188,74 @@ def test_text_conditioned_baseline(toy, tmp_path):
     payload = load_checkpoint(tmp_path / "tta" / "checkpoint.pt", "unet")
     assert payload["extra"]["condition"] == "text" and payload["extra"]["embed_dim"] == 16
     assert payload["extra"]["prediction"] == "v" and payload["extra"]["training"]["prediction"] == "v"
+
+
+def test_clap_conditioned_baseline(toy, tmp_path):
+    clap_file = save_tiny_clap(tmp_path / "clap")
+    done = run_cli("train", str(toy), "--out", str(tmp_path / "clap-tta"), *TRAIN_ARGS, "--steps", "2",
+                   "--cond", "clap-text", "--clap", str(clap_file))
+    assert done.returncode == 0, done.stderr
+    payload = load_checkpoint(tmp_path / "clap-tta" / "checkpoint.pt", "unet")
+    # The tiny CLAP's 32-d text embeddings, not the dataset's 16-d CLIP ones.
+    assert payload["extra"]["condition"] == "clap-text" and payload["extra"]["embed_dim"] == 32
+    assert payload["extra"]["training"]["condition"] == "clap-text" and payload["config"]["cond_dim"] == 32
+    model = load_unet(tmp_path / "clap-tta" / "checkpoint.pt")
+    assert model.condition == "clap-text" and model.unet.cond_proj.in_features == 32
+    resumed = run_cli("train", str(toy), "--out", str(tmp_path / "clap-tta"), *TRAIN_ARGS, "--steps", "3",
+                      "--cond", "clap-text", "--clap", str(clap_file), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    other = run_cli("train", str(toy), "--out", str(tmp_path / "clap-tta"), *TRAIN_ARGS, "--steps", "4", "--resume")
+    assert other.returncode == 1 and "condition='clap-text', not 'image'" in other.stderr
+
+
+def test_runs_from_before_the_condition_setting_resume(toy, tmp_path):
+    config = TrainConfig(steps=1, batch_size=2, save_every=1, keep=0)
+    path = train(tiny_task(toy), config, tmp_path, progress=False)
+    for flag, error in ((False, None), (True, "its training settings were condition='text', not 'image'")):
+        payload = torch.load(path, weights_only=True)
+        training = payload["extra"]["training"]
+        del training["condition"], training["prediction"]  # as written before either setting existed
+        training["text_cond"] = flag
+        torch.save(payload, path)
+        if error is None:
+            train(tiny_task(toy), config.replace(steps=2), tmp_path, resume=True, progress=False)
+            assert state_of(path)[1]["training"]["condition"] == "image"
+        else:
+            with pytest.raises(TrainingError, match=error):
+                train(tiny_task(toy), config.replace(steps=3), tmp_path, resume=True, progress=False)
+
+
+def test_clap_conditions_are_the_clap_embeddings_of_the_sound_of_each_label(toy):
+    from clipsonic.variants import CLAP_TEXT
+
+    clap = tiny_clap()
+    task = DiffusionTask(Dataset(toy, split="train"), UNetConfig.preset("tiny"),
+                         SETTINGS.replace(condition=CLAP_TEXT), clap=clap)
+    assert task.model.config.cond_dim == 32 and task.checkpoint_extra()["embed_dim"] == 32
+    for label in LABELS:
+        record = next(r for r in task.records if r.label == label)
+        torch.testing.assert_close(torch.from_numpy(task._condition(record, 0)),
+                                   clap.embed_text([f"the sound of {label}"])[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ParameterError, match=r"needs the LAION-CLAP model \(clap\)"):
+        DiffusionTask(Dataset(toy, split="train"), UNetConfig.preset("tiny"), SETTINGS.replace(condition=CLAP_TEXT))
+    with pytest.raises(ParameterError, match="condition='clip-text': not one of image, text, clap-text"):
+        DiffusionTask(Dataset(toy, split="train"), UNetConfig.preset("tiny"), SETTINGS.replace(condition="clip-text"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cond", "clap-text"], "--cond clap-text needs --clap"),
+    (["--clap", "clap.pt"], "--clap is only used with --cond clap-text, not --cond image"),
+    (["--text-cond", "--clap", "clap.pt"], "--clap is only used with --cond clap-text, not --cond clip-text"),
+    (["--cond", "clap-text", "--clap-tokenizer", "bpe"], "--cond clap-text needs --clap"),
+    (["--text-cond", "--cond", "clap-text"], "argument --cond: not allowed with argument --text-cond"),
+    (["--cond", "text"], "argument --cond: invalid choice: 'text'"),
+])
+def test_condition_options_are_usage_errors(toy, tmp_path, args, message):
+    done = run_cli("train", str(toy), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--steps", "1", *args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_errors_are_one_line(tmp_path):

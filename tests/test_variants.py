@@ -8,7 +8,9 @@ from clipsonic import clip
 from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.prior import DiffusionPrior, PriorConfig, text_condition
 from clipsonic.tokenizer import tokenize
-from clipsonic.variants import (IMAGE, TEXT, VARIANTS, available, default_variant, missing, query_embeddings)
+from clipsonic.variants import (CLAP_TEXT, CONDITIONS, IMAGE, TEXT, VARIANTS, available, default_variant, label_texts,
+                                missing, query_embeddings)
+from tiny_clap import tiny_clap
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +21,18 @@ def models():
     return model, prior
 
 
+@pytest.fixture(scope="module")
+def clap():
+    return tiny_clap()
+
+
 def test_the_table_is_the_papers():
-    assert list(VARIANTS) == ["iq", "zs", "pd", "sd", "tta"]
+    assert list(VARIANTS) == ["iq", "zs", "pd", "sd", "tta", "clap-tta"]
     assert {name for name, v in VARIANTS.items() if v.query == IMAGE} == {"iq"}
     assert {name for name, v in VARIANTS.items() if v.trained_on == TEXT} == {"tta"}
+    assert {name: v.embedded_by for name, v in VARIANTS.items() if v.trained_on == CLAP_TEXT} == {"clap-tta": "clap"}
+    assert {v.trained_on for v in VARIANTS.values()} == set(CONDITIONS.values())
+    assert VARIANTS["clap-tta"].short_name == "CLAP-TTA" and VARIANTS["clap-tta"].without_pairs == "no"
     assert {name: v.prior for name, v in VARIANTS.items() if v.prior} == {"pd": "laion", "sd": "trained"}
     assert VARIANTS["sd"].short_name == "CLIPSonic-SD" and VARIANTS["zs"].without_pairs == "yes"
 
@@ -38,6 +48,42 @@ def test_what_each_variant_needs(models):
     assert isinstance(need, ParameterError) and need.for_cli().startswith("variant sd needs a diffusion prior (--prior)")
     assert "LAION's pretrained prior, but the prior given is a prior from train-prior" in str(
         missing(VARIANTS["pd"], IMAGE, prior))
+
+
+def test_clap_tta_needs_its_clap(clap):
+    assert available(CLAP_TEXT) == [] and available(CLAP_TEXT, clap=clap) == ["clap-tta"]
+    # The UNet's variant even without its CLAP, so that running it says what is missing.
+    assert default_variant(TEXT, CLAP_TEXT) == "clap-tta" == default_variant(TEXT, CLAP_TEXT, clap=clap)
+    need = missing(VARIANTS["clap-tta"], CLAP_TEXT)
+    assert isinstance(need, ParameterError) and need.for_cli().startswith("variant clap-tta needs the LAION-CLAP "
+                                                                          "model (--clap)")
+    assert "needs a UNet trained on clap-text embeddings" in str(missing(VARIANTS["clap-tta"], TEXT, clap=clap))
+    with pytest.raises(ClipsonicError, match="no variant takes a image query"):
+        default_variant(IMAGE, CLAP_TEXT)
+
+
+def test_label_texts_put_labels_in_the_variants_caption():
+    assert label_texts("clap-tta", ["rain", "a bell"], "a photo of {label}") == ["the sound of rain",
+                                                                                "the sound of a bell"]
+    for name in ("zs", "sd", "tta"):
+        assert label_texts(name, ["rain"], "a photo of {label}") == ["a photo of rain"]
+    with pytest.raises(ClipsonicError, match="variant iq takes images"):
+        label_texts("iq", ["rain"], "a photo of {label}")
+
+
+def test_clap_tta_queries_are_clap_text_embeddings(clap):
+    texts = ["the sound of rain", "the sound of bell", "the sound of rain"]
+    with torch.no_grad():
+        expected = clap.embed_text(texts)
+    ours = query_embeddings("clap-tta", None, texts=texts, clap=clap, batch=2)
+    assert ours.shape == (3, 32) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ParameterError, match=r"variant clap-tta needs the LAION-CLAP model \(clap\)"):
+        query_embeddings("clap-tta", None, texts=texts)
+    with pytest.raises(ClipsonicError, match="variant clap-tta takes texts"):
+        query_embeddings("clap-tta", None, images=[np.zeros((8, 8, 3), np.uint8)], clap=clap)
+    with pytest.raises(ClipsonicError, match="a text query is empty"):
+        query_embeddings("clap-tta", None, texts=["rain", ""], clap=clap)
 
 
 def test_text_variants_are_the_text_embedding_or_the_priors_draw(models):

@@ -181,3 +181,45 @@ def test_loading_rejects_other_files(tmp_path):
         load_vggish(path)
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_vggish(tmp_path / "missing.pth")
+
+
+def test_demo_width_keeps_the_layout_and_is_small():
+    from clipsonic.vggish import VGGishConfig
+
+    demo, full = VGGish(VGGishConfig.preset("demo")), VGGish()
+    assert list(demo.state_dict()) == list(full.state_dict())  # the same keys: features.{0,3,6,8,11,13}, embeddings.*
+    assert sum(p.numel() for p in demo.parameters()) < 1.3e6 < 72e6 < sum(p.numel() for p in full.parameters())
+    assert demo(torch.zeros(3, 96, 64)).shape == (3, 128)
+
+
+def test_our_checkpoint_round_trips_with_its_classifier_head(tmp_path):
+    from clipsonic.vggish import VGGishConfig, classifier, save_vggish
+
+    torch.manual_seed(0)
+    model = VGGish(VGGishConfig.preset("demo"))
+    model.origin, model.classes = "demo", ("low", "high")
+    model.head = (torch.randn(2, 128), torch.randn(2))
+    loaded = load_vggish(save_vggish(tmp_path / "vggish.pt", model))
+    assert loaded.origin == "demo" and loaded.classes == ("low", "high") and loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert torch.equal(loaded.head[0], model.head[0]) and torch.equal(loaded.head[1], model.head[1])
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(16000 * 2).astype(np.float32) * 0.1 for _ in range(3)]
+    embeddings = loaded.embed_clips(clips)
+    expected = [loaded.classes[int((e @ model.head[0].t() + model.head[1]).mean(0).argmax())] for e in embeddings]
+    assert classifier(loaded).predict(clips) == expected
+    with pytest.raises(CheckpointError, match="no classifier head"):
+        classifier(VGGish(VGGishConfig.preset("demo")))
+
+
+def test_demo_vggish_learns_to_tell_two_sounds_apart():
+    """train_demo_vggish on two synthetic classes for a few steps: held-out clips are told apart."""
+    from clipsonic.demo.embedding import train_demo_vggish
+    from clipsonic.demo.synthetic import ClipSpec, clip_audio
+    from clipsonic.vggish import classifier
+
+    specs = [ClipSpec(label, index, 2.0, "train", 0) for label in ("engine", "bird") for index in range(4)]
+    model = train_demo_vggish(specs, ("engine", "bird"), steps=30, batch_size=16, seed=0)
+    held_out = [ClipSpec(label, 50 + index, 2.0, "reference", 0) for label in ("engine", "bird") for index in range(3)]
+    assert classifier(model).predict([clip_audio(spec) for spec in held_out]) == ["engine"] * 3 + ["bird"] * 3

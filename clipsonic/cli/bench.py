@@ -1,4 +1,4 @@
-"""`clipsonic bench clip|sample|vocoder|preprocess|ops`: our fast paths against their references."""
+"""`clipsonic bench clip|sample|vocoder|preprocess|ops|clap`: our fast paths against their references."""
 
 from __future__ import annotations
 
@@ -85,6 +85,27 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     ops.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ops.set_defaults(handler=_bench_ops)
 
+    clap = targets.add_parser("clap", parents=[common], formatter_class=help_formatter,
+                              help="LAION-CLAP audio embeddings: laion_clap 1.1.7 against ours in fp32 and bf16",
+                              description="Time LAION-CLAP audio embeddings of noise clips at 48 kHz with random "
+                                          "weights of the full HTSAT-tiny fusion model (timing only): laion_clap "
+                                          "1.1.7's get_audio_embedding_from_data, run by --reference-python in a "
+                                          "subprocess (needs a source checkout: benchmarks/clap_reference.py), "
+                                          "against our CLAP.embed_audio in fp32 and bf16 on the same weights and "
+                                          "clips, with the lowest cosine of our embeddings to the reference's.")
+    clap.add_argument("--preset", default="htsat-tiny", choices=["htsat-tiny", "tiny"],
+                      help="CLAP size: htsat-tiny (LAION's, 154 M parameters; the only one the reference runs) or "
+                           "tiny (a smoke test); weights are random")
+    clap.add_argument("--clips", type=int, default=512, help="clips to embed (fewer for a quick run)")
+    clap.add_argument("--seconds", type=float, default=4.0, help="length of each clip (at most 10)")
+    clap.add_argument("--batch", type=int, default=16, help="clips embedded together")
+    clap.add_argument("--reference-python", type=Path, metavar="PYTHON",
+                      help="an interpreter with laion_clap 1.1.7, e.g. /tmp/clapref/bin/python (the environment of "
+                           "tests/fixtures/make_clap_fixtures.py; default: our fp32 is the reference)")
+    clap.add_argument("--repeat", type=int, default=1, help="timed passes over all clips (the median is reported)")
+    clap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    clap.set_defaults(handler=_bench_clap)
+
 
 def _bench_clip(args: argparse.Namespace) -> int:
 
@@ -150,4 +171,23 @@ def _bench_ops(args: argparse.Namespace) -> int:
     print(bench.ops_markdown_table(rows))
     if args.json:
         write_json_atomic(args.json, [row.as_row() for row in rows])
+    return 0
+
+
+def _bench_clap(args: argparse.Namespace) -> int:
+    from clipsonic import bench
+
+    if args.clips < 1 or args.batch < 1 or args.repeat < 1:
+        args.usage_error("--clips, --batch and --repeat must be at least 1")
+    if not 0 < args.seconds <= 10:
+        args.usage_error(f"--seconds {args.seconds:g}: must be more than 0 and at most 10 (longer clips are fused "
+                         f"from three 10-s chunks, another computation)")
+    if args.reference_python is not None and not args.reference_python.is_file():
+        args.usage_error(f"--reference-python {args.reference_python}: no such file")
+    if args.reference_python is not None and args.preset != "htsat-tiny":
+        args.usage_error(f"--reference-python runs laion_clap's htsat-tiny model, not --preset {args.preset}")
+    log.info("timing LAION-CLAP audio embeddings on %s, %d thread(s)", bench.cpu_model(), torch_threads())
+    rows = bench.bench_clap(args.clips, args.seconds, args.batch, args.repeat, args.reference_python, args.preset,
+                            seed=args.seed if args.seed is not None else 0)
+    print_rows(rows, args.json)
     return 0

@@ -29,6 +29,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     make.add_argument("--prior-config", type=Path, help="LAION's prior_config.json (default: beside --prior)")
     make.add_argument("--vocoder", type=Path, help="BigVGAN (from train-vocoder, or NVIDIA's bigvgan_generator.pt)")
     make.add_argument("--vocoder-config", type=Path, help="NVIDIA's config.json (default: beside --vocoder)")
+    make.add_argument("--vggish", type=Path, help="an audio embedding for eval's FAD (torchvggish's or ours)")
     make.add_argument("--guidance", type=float, help="the guidance weight sample and eval use when given none "
                                                       "(default: none recorded, so the paper's 1.5)")
     make.set_defaults(handler=_bundle_make)
@@ -46,7 +47,8 @@ def _bundle_make(args: argparse.Namespace) -> int:
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         args.usage_error(f"--guidance {args.guidance}: must be a non-negative number")
     made = make_bundle(args.out, args.clip, args.unet, prior=args.prior, prior_config=args.prior_config,
-                       vocoder=args.vocoder, vocoder_config=args.vocoder_config, guidance=args.guidance)
+                       vocoder=args.vocoder, vocoder_config=args.vocoder_config, vggish=args.vggish,
+                       guidance=args.guidance)
     for role, path in made.files.items():
         print(f"{role:<8} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"wrote    {made.folder / 'bundle.json'} (sha256 of each file, checked at every load)")

@@ -23,9 +23,15 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     evaluation.add_argument("dataset", type=Path, help="dataset folder from `clipsonic preprocess` (its test split)")
     evaluation.add_argument("--out", type=Path, required=True, help="results folder")
     add_model_options(evaluation)
-    evaluation.add_argument("--tta-checkpoint", type=Path, help="a UNet from `train --text-cond`: the CLIP-TTA row")
+    evaluation.add_argument("--tta-checkpoint", type=Path, help="a UNet from `train --cond clip-text` (the CLIP-TTA row) "
+                                                                "or `--cond clap-text` (CLAP-TTA, with --clap)")
     evaluation.add_argument("--vggish", type=Path, help="VGGish weights (torchvggish's vggish-10086976.pth; default: "
+                                                        "the bundle's own vggish.pt (the demo bundle has one), else "
                                                         "from the user weights folder)")
+    evaluation.add_argument("--clap", type=Path, help="LAION-CLAP checkpoint for the CLAP score and Table 5 "
+                                                      "(630k-audioset-fusion-best.pt, roberta-base's vocab.json and "
+                                                      "merges.txt beside it; default: from the user weights folder, "
+                                                      "else no CLAP score)")
     evaluation.add_argument("--variants", help="comma-separated subset of iq,zs,pd,sd,tta (default: every one the "
                                                "given models allow)")
     evaluation.add_argument("--samples", type=int, default=512, help="samples per model and guidance weight (K)")
@@ -55,8 +61,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 def _eval(args: argparse.Namespace) -> int:
     from clipsonic import runtime
     from clipsonic.data import Dataset
-    from clipsonic.eval.evaluate import EvalConfig, Evaluator, evaluate, vggish_path
-    from clipsonic.variants import PRIOR_KINDS
+    from clipsonic.bundle import shipped_bundle
+    from clipsonic.eval.evaluate import EvalConfig, Evaluator, clap_path, evaluate, vggish_path
+    from clipsonic.variants import CLAP_TEXT, PRIOR_KINDS, TEXT
     from clipsonic.pipeline import Pipeline
     from clipsonic.vggish import load_vggish
 
@@ -67,7 +74,9 @@ def _eval(args: argparse.Namespace) -> int:
     dataset = Dataset(args.dataset, split="test")
     device = runtime.resolve_device(args.device)
     dtype = runtime.resolve_dtype(args.dtype, device)
-    vggish = load_vggish(vggish_path(args.vggish), dtype=dtype, device=device)
+    demo = args.bundle is None and args.clip is None and args.checkpoint is None  # as Pipeline.load decides
+    bundle = shipped_bundle() if demo and shipped_bundle().is_dir() else args.bundle
+    vggish = load_vggish(vggish_path(args.vggish, bundle), dtype=dtype, device=device)
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
                              device=device, dtype=dtype)
@@ -80,9 +89,16 @@ def _eval(args: argparse.Namespace) -> int:
         from clipsonic.unet import load_unet
 
         tta = load_unet(args.tta_checkpoint, dtype=dtype, device=device)
-        if tta.condition != "text":
-            raise ClipsonicError(f"--tta-checkpoint {args.tta_checkpoint}: not trained with --text-cond")
-    evaluator = Evaluator(pipeline, dataset, vggish, config, tta=tta)
+        if tta.condition not in (TEXT, CLAP_TEXT):
+            raise ClipsonicError(f"--tta-checkpoint {args.tta_checkpoint}: not trained with --cond clip-text or "
+                                 f"clap-text")
+    clap = None
+    clap_file = clap_path(args.clap)
+    if clap_file is not None:
+        from clipsonic.clap import load_clap
+
+        clap = load_clap(clap_file, dtype=dtype, device=device)
+    evaluator = Evaluator(pipeline, dataset, vggish, config, tta=tta, clap=clap)
     available = evaluator.available_variants()
     variants = available if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
     for variant in variants:
@@ -91,7 +107,8 @@ def _eval(args: argparse.Namespace) -> int:
         if variant not in available:
             chosen = VARIANTS[variant]
             needs = f"{PRIOR_KINDS[chosen.prior]} (--prior)" if chosen.prior else \
-                f"a UNet trained on {chosen.trained_on} embeddings (--tta-checkpoint, from train --text-cond)"
+                f"a UNet trained on {chosen.trained_on} embeddings (--tta-checkpoint, from train --cond " \
+                f"{'clap-text' if chosen.trained_on == CLAP_TEXT else 'clip-text'})"
             args.usage_error(f"--variants: {variant} needs {needs}")
     bar = None
     if not (args.no_progress or args.quiet):
@@ -107,6 +124,8 @@ def _eval(args: argparse.Namespace) -> int:
             bar.close()
     print((args.out / "table1.md").read_text(encoding="utf-8"))
     print((args.out / "table2.md").read_text(encoding="utf-8"))
+    if clap is not None:
+        print((args.out / "table5.md").read_text(encoding="utf-8"))
     if len(weights) > 1:
         print((args.out / "sweep.md").read_text(encoding="utf-8"))
     log.info("results in %s (summary.json, %d FAD values)", args.out, len(summary["fad"]))

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from clipsonic.cli.common import LazyBar, add_model_options, add_sampling_options, check_generation_settings, generation_dtype, help_formatter, log
-from clipsonic.variants import IMAGE, VARIANTS
+from clipsonic.rerank import MAX_CANDIDATES
+from clipsonic.variants import CLAP_TEXT, IMAGE, VARIANTS
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -16,15 +17,26 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                                  help="generate audio from a text or an image",
                                  description="Generate audio from a text (ZS: its CLIP text embedding) or an "
                                              "image (IQ: its CLIP image embedding) with a trained UNet; "
-                                             "BigVGAN (--vocoder) or Griffin-Lim turns the mel into a waveform.")
+                                             "BigVGAN (--vocoder) or Griffin-Lim turns the mel into a waveform. "
+                                             "With --candidates N and --clap, each file is the best of N samples "
+                                             "by LAION-CLAP score against the text.")
     query = sample.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help='text query, e.g. "a photo of rain"')
     query.add_argument("--image", type=Path, help="image query (png, jpg, webp, ...)")
     sample.add_argument("--variant", choices=list(VARIANTS),
                         help="iq: image embedding; zs: text embedding; pd/sd: image embedding drawn from the text by "
-                             "LAION's prior / a prior from train-prior; tta: a UNet trained with --text-cond (default: "
-                             "iq for --image; for --text sd or pd when --prior is given, else zs, or tta)")
+                             "LAION's prior / a prior from train-prior; tta / clap-tta: a UNet trained with "
+                             "train --cond clip-text / clap-text (default: iq for --image; for --text sd or pd when "
+                             "--prior is given, else zs, or the UNet's tta variant)")
     add_model_options(sample)
+    sample.add_argument("--clap", type=Path,
+                        help="LAION-CLAP checkpoint (630k-audioset-fusion-best.pt, or ours): scores --candidates, and "
+                             "embeds the text for a UNet trained with --cond clap-text")
+    sample.add_argument("--clap-tokenizer", type=Path, metavar="DIR",
+                        help="folder with roberta-base's vocab.json and merges.txt (default: beside --clap)")
+    sample.add_argument("--candidates", type=int, metavar="N",
+                        help=f"generate N candidates per output file and keep the one whose CLAP score with --text "
+                             f"is highest (needs --clap; 1 to {MAX_CANDIDATES}; default: no ranking)")
     sample.add_argument("--guidance", type=float,
                         help="classifier-free guidance weight w (default: the bundle's recommended weight, the "
                              "demo's 1; else the paper's 1.5)")
@@ -82,6 +94,7 @@ def _sample(args: argparse.Namespace) -> int:
         args.usage_error("--text is empty")
     if args.variant is not None and (VARIANTS[args.variant].query == IMAGE) != (args.image is not None):
         args.usage_error(f"--variant {args.variant} needs {'--image' if args.image is None else '--text'}")
+    _check_ranking(args)
     check_generation_settings(args)
     if args.loudness is not None and not (math.isfinite(args.loudness) and -70 <= args.loudness <= 0):
         args.usage_error(f"--loudness {args.loudness}: must be between -70 and 0 LUFS (e.g. -23, -16 or -14)")
@@ -98,7 +111,9 @@ def _sample(args: argparse.Namespace) -> int:
     dtype, why = generation_dtype(args, device)
     pipeline = Pipeline.load(args.bundle, clip=args.clip, checkpoint=args.checkpoint, prior=args.prior,
                              prior_config=args.prior_config, vocoder=args.vocoder, vocoder_config=args.vocoder_config,
-                             device=device, dtype=dtype)
+                             device=device, dtype=dtype, clap=args.clap, clap_tokenizer=args.clap_tokenizer)
+    if args.clap is not None and args.candidates is None and pipeline.spectrogram.condition != CLAP_TEXT:
+        log.warning("--clap is not used: no --candidates, and the UNet was not trained on CLAP embeddings")
     if args.guidance is None:
         args.guidance = pipeline.guidance
     check_generation_settings(args, pipeline.spectrogram.diffusion_steps)
@@ -106,31 +121,32 @@ def _sample(args: argparse.Namespace) -> int:
         log.info("%s", why)
     variant = args.variant or pipeline.default_variant(image)
     seed = args.seed if args.seed is not None else fresh_seed()
+    samples = args.batch * (args.candidates or 1)
     chunk = pipeline.chunk_size(args.seconds)
-    chunks = -(-args.batch // chunk)
+    chunks = -(-samples // chunk)
     if chunks > 1:
-        log.info("--batch %d: generating %d chunks of up to %d samples, each written when done", args.batch, chunks,
-                 chunk)
+        asked = f"--batch {args.batch}" + (f" x --candidates {args.candidates}" if args.candidates else "")
+        log.info("%s: generating %d chunks of up to %d samples, each written when done", asked, chunks, chunk)
     bar = None if args.quiet else LazyBar(total=args.steps * chunks, unit="step", desc=args.sampler)
     sample_rate = pipeline.spectrogram.mel_config.sample_rate
-    written, scaled = [], []
+    written, scaled, choices = [], [], []
     try:
-        for part in pipeline.generate_chunks(text=args.text, image=image, variant=variant, guidance=args.guidance,
-                                             sampler=args.sampler, steps=args.steps, seconds=args.seconds, seed=seed,
-                                             batch=args.batch, progress=bar.update if bar else None):
-            for offset, (wav, spectrogram) in enumerate(zip(part.wav, part.mel)):
-                path = outputs[part.start + offset]
-                wav, change = playable(wav, sample_rate, args.loudness)
-                if change.peak_gain_db < 0:
-                    scaled.append((path.name, change))
-                save_audio(path, wav, sample_rate)
-                written.append(path)
-                if args.save_mel:
-                    from clipsonic.fileio import atomic_path
+        parts = pipeline.generate_chunks(text=args.text, image=image, variant=variant, guidance=args.guidance,
+                                         sampler=args.sampler, steps=args.steps, seconds=args.seconds, seed=seed,
+                                         batch=samples, progress=bar.update if bar else None)
+        for index, wav, spectrogram in _files(args, pipeline, parts, choices):
+            path = outputs[index]
+            wav, change = playable(wav, sample_rate, args.loudness)
+            if change.peak_gain_db < 0:
+                scaled.append((path.name, change))
+            save_audio(path, wav, sample_rate)
+            written.append(path)
+            if args.save_mel:
+                from clipsonic.fileio import atomic_path
 
-                    with atomic_path(path.with_suffix(".npy")) as tmp:
-                        np.save(tmp, spectrogram.cpu().numpy())
-                    written.append(path.with_suffix(".npy"))
+                with atomic_path(path.with_suffix(".npy")) as tmp:
+                    np.save(tmp, spectrogram.cpu().numpy())
+                written.append(path.with_suffix(".npy"))
     except NonFiniteOutput:
         for path in written:  # no file of a batch that went wrong is kept
             path.unlink(missing_ok=True)
@@ -141,11 +157,51 @@ def _sample(args: argparse.Namespace) -> int:
     for path in written:
         if path.suffix != ".npy":
             print(path)
+    for choice in choices:  # after the progress bar, which a line written while it runs would break
+        log.info("%s: candidate %d of %d, CLAP score %.4f (all: %s)", outputs[choice.index].name, choice.winner + 1,
+                 args.candidates, choice.score, " ".join(f"{score:.4f}" for score in choice.scores))
     if scaled:
         _report_scaled(scaled, len(outputs))
-    log.info("variant %s, seed %d, %s x %d steps, guidance %g, %s", variant, seed, args.sampler, args.steps,
-             args.guidance, str(dtype).removeprefix("torch."))
+    ranked = f", best of {args.candidates} by CLAP score" if args.candidates else ""
+    log.info("variant %s, seed %d, %s x %d steps, guidance %g, %s%s", variant, seed, args.sampler, args.steps,
+             args.guidance, str(dtype).removeprefix("torch."), ranked)
     return 0
+
+
+def _check_ranking(args: argparse.Namespace) -> None:
+    """--candidates and the CLAP options, as usage errors before any work."""
+    from clipsonic.pipeline import SettingError
+    from clipsonic.rerank import check_candidates
+
+    if args.clap_tokenizer is not None and args.clap is None:
+        args.usage_error("--clap-tokenizer needs --clap")
+    if args.candidates is None:
+        return
+    if args.image is not None:
+        args.usage_error("--candidates ranks by the CLAP score against the text; with --image there is no text")
+    if args.clap is None:
+        args.usage_error("--candidates needs --clap (the LAION-CLAP model that scores the candidates)")
+    try:
+        check_candidates(args.candidates)
+    except SettingError as error:
+        args.usage_error(f"--candidates {error.value}: {error.message}")
+
+
+def _files(args: argparse.Namespace, pipeline, parts, choices: list):
+    """(output index, waveform [samples], log-mel [n_mels, frames]) of each file, from the generated
+    chunks: every sample, or with --candidates each output's best candidate (each `Choice` also
+    appended to `choices`)."""
+    if args.candidates is None:
+        for part in parts:
+            for offset, (wav, spectrogram) in enumerate(zip(part.wav, part.mel)):
+                yield part.start + offset, wav, spectrogram
+        return
+    from clipsonic.rerank import best_of, clap_scorer
+
+    scorer = clap_scorer(pipeline.clap, args.text, pipeline.spectrogram.mel_config.sample_rate)
+    for choice in best_of(parts, args.candidates, scorer):
+        choices.append(choice)
+        yield choice.index, choice.wav, choice.mel
 
 
 def _report_scaled(scaled: list, total: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipsonic.cli.common import help_formatter, log, parameter_count
 from clipsonic.errors import ClipsonicError
+from clipsonic.variants import CLAP_TEXT, CONDITIONS
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,8 +22,18 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     _add_loop_options(train, steps=500_000, weight_decay=0.0)
     train.add_argument("--crop-frames", type=int, default=64, help="mel frames per training crop (64 = 2.048 s)")
     train.add_argument("--cond-drop", type=float, default=0.1, help="probability of the null condition")
-    train.add_argument("--text-cond", action="store_true",
-                       help='CLIP-TTA baseline: condition on CLIP text embeddings of "a photo of [label]"')
+    conditions = train.add_mutually_exclusive_group()
+    conditions.add_argument("--cond", choices=list(CONDITIONS), default="image",
+                            help='what the UNet is conditioned on. image: the CLIP image embedding of a frame '
+                                 '(CLIPSonic); clip-text: the CLIP text embedding of "a photo of [label]" (the CLIP-TTA baseline); '
+                                 'clap-text: the LAION-CLAP text embedding of "the sound of [label]" (the CLAP-TTA '
+                                 'baseline, needs --clap)')
+    conditions.add_argument("--text-cond", dest="cond", action="store_const", const="clip-text",
+                            help="the same as --cond clip-text")
+    train.add_argument("--clap", type=Path, help="LAION-CLAP checkpoint for --cond clap-text "
+                                                 "(630k-audioset-fusion-best.pt, or ours)")
+    train.add_argument("--clap-tokenizer", type=Path, metavar="DIR",
+                       help="folder with roberta-base's vocab.json and merges.txt (default: beside --clap)")
     train.add_argument("--prediction", choices=("eps", "v"), default="eps",
                        help="what the UNet learns to predict: the noise (the paper's) or the velocity, "
                             "better conditioned at low SNR (the demo bundle's)")
@@ -91,15 +102,28 @@ def _train(args: argparse.Namespace) -> int:
         args.usage_error("--crop-frames must be at least 1")
     if not 0 <= args.cond_drop < 1:
         args.usage_error("--cond-drop must be in [0, 1)")
+    condition = CONDITIONS[args.cond]
+    if condition == CLAP_TEXT and args.clap is None:
+        args.usage_error("--cond clap-text needs --clap (the LAION-CLAP model that embeds the labels)")
+    if condition != CLAP_TEXT and args.clap is not None:
+        args.usage_error(f"--clap is only used with --cond clap-text, not --cond {args.cond}")
+    if args.clap_tokenizer is not None and args.clap is None:
+        args.usage_error("--clap-tokenizer needs --clap")
     config, device = _loop_config(args)
-    settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, text_cond=args.text_cond,
+    settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, condition=condition,
                                        prediction=args.prediction)
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
     saved = saved_run(args.out, "unet") if args.resume else None
     if saved is not None:  # the model as it was built; the training options given must match (train checks)
         unet_config = UNetConfig.from_dict(saved.config)
         mel_norm = UNetCheckpointInfo.from_extra(saved.extra).mel_norm
-    task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm)
+    clap = None
+    if args.clap is not None:
+        from clipsonic.clap import load_clap
+
+        clap = load_clap(args.clap, args.clap_tokenizer)  # on the CPU: it embeds each label once
+    task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm, clap)
+    del clap
     log.info("training a %s-parameter UNet on %d clips of %s", parameter_count(task.model), len(task.records),
              args.dataset)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)

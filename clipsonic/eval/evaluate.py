@@ -9,7 +9,11 @@ test mels, the floor the vocoder puts under every model. Table 2 is the mean cos
 similarity between the query embedding (the text's for ZS, the prior's draw for PD/SD) and
 the clip's real image embedding.
 
-The CLAP score is not computed: it needs the LAION-CLAP model, which this package does not port.
+With a LAION-CLAP model (`clipsonic.clap`), each sample also gets its CLAP score against the text
+"the sound of [label]" (the paper's prompt; Table 1's last column, the mean over the K samples),
+and Table 5 scores the test clips' real audio and their reconstructions over 4-s windows every
+0.5 s (max, mean and min per clip, averaged over clips) and as whole clips. Without one the
+column says n/a.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from clipsonic.data import ClipRecord, Dataset
 from clipsonic.errors import ClipsonicError, ParameterError
 from clipsonic.fileio import atomic_path, write_json_atomic, write_text_atomic
 from clipsonic.pipeline import check_finite
-from clipsonic.variants import IMAGE, TEXT, VARIANTS, available, get_variant, query_embeddings
+from clipsonic.variants import CLAP_TEMPLATE, IMAGE, TEXT, VARIANTS, available, get_variant, label_texts, query_embeddings
 
 log = logging.getLogger(__name__)
 
 RECONSTRUCTION = "reconstruction"  # Table 1's floor row: the real test mels through the vocoder
+WINDOW_SECONDS, WINDOW_HOP_SECONDS = 4.0, 0.5  # Table 5's sliding windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Score:
     guidance: float | None
     fad: float
     samples: int
+    clap: float | None = None  # mean CLAP score of the samples, when a CLAP model was given
 
 
 def plan_queries(dataset: Dataset, samples: int, seed: int) -> list[Query]:
@@ -105,17 +111,18 @@ class Evaluator:
     """Generates, embeds and scores; one instance per evaluation run."""
 
     def __init__(self, pipeline, dataset: Dataset, vggish, config: EvalConfig, tta=None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, clap=None) -> None:
         self.pipeline, self.dataset, self.vggish, self.config = pipeline, dataset, vggish, config
-        self.tta, self.progress = tta, progress
+        self.tta, self.progress, self.clap = tta, progress, clap
         self.queries = plan_queries(dataset, config.samples, config.seed)
         self._conditions: dict[str, torch.Tensor] = {}
 
     def available_variants(self) -> list[str]:
-        """The variants the loaded models can generate (tta: with the CLIP-TTA UNet given)."""
-        names = available(self.pipeline.spectrogram.condition, self.pipeline.prior)
+        """The variants the loaded models can generate (tta, clap-tta: with a CLIP-TTA or CLAP-TTA UNet
+        given; clap-tta also with the CLAP model)."""
+        names = available(self.pipeline.spectrogram.condition, self.pipeline.prior, clap=self.clap)
         if self.tta is not None:
-            names += [name for name in available(self.tta.condition) if name not in names]
+            names += [name for name in available(self.tta.condition, clap=self.clap) if name not in names]
         return names
 
     # ------------------------------------------------------------ query embeddings
@@ -124,18 +131,18 @@ class Evaluator:
         """[K, D]: each query clip's real CLIP image embedding (IQ's condition, Table 2's target)."""
         return torch.from_numpy(np.stack([self.dataset.image_embeddings(q.record)[q.frame] for q in self.queries]))
 
-    def _texts(self) -> list[str]:
-        return [self.dataset.text_template.format(label=q.label) for q in self.queries]
+    def _texts(self, variant: str) -> list[str]:
+        return label_texts(variant, [q.label for q in self.queries], self.dataset.text_template)
 
     def condition(self, variant: str) -> torch.Tensor:
         """The K conditioning embeddings [K, D] of a variant (drawn once, reused across guidance weights)."""
         if variant not in self._conditions:
             chosen = get_variant(variant)
-            queries = {"image_embeddings": self.image_embeddings()} if chosen.query == IMAGE else {"texts": self._texts()}
+            queries = {"image_embeddings": self.image_embeddings()} if chosen.query == IMAGE else {"texts": self._texts(variant)}
             self._conditions[variant] = query_embeddings(
                 chosen, self.pipeline.clip, prior=self.pipeline.prior, seed=self.config.seed, batch=self.config.batch,
                 prior_steps=self.pipeline.prior_steps, prior_candidates=self.pipeline.prior_candidates,
-                **queries).cpu()
+                clap=self.clap, **queries).cpu()
         return self._conditions[variant]
 
     def cosine_similarities(self, variants: Sequence[str]) -> dict[str, float]:
@@ -151,14 +158,23 @@ class Evaluator:
         clips = self.vggish.embed_clips([torch.as_tensor(np.asarray(wav, dtype=np.float32)) for wav in wavs])
         return np.concatenate([clip.float().cpu().numpy() for clip in clips]).astype(np.float64)
 
+    def clap_scores(self, wavs: Sequence[np.ndarray | torch.Tensor], labels: Sequence[str | None]) -> list[float]:
+        """Each 16-kHz waveform's CLAP score against "the sound of [its label]" (equal lengths)."""
+        audio = self.clap.embed_audio(torch.stack([torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in wavs]))
+        texts = self.clap.embed_text([CLAP_TEMPLATE.format(label=label or "") for label in labels])
+        from clipsonic.clap import clap_score
+
+        return clap_score(audio, texts).tolist()
+
     def generated_embeddings(self, variant: str, guidance: float,
-                             save_to: Path | None = None) -> np.ndarray:
-        """VGGish embeddings of the K samples of a variant at one guidance weight."""
+                             save_to: Path | None = None) -> tuple[np.ndarray, list[float] | None]:
+        """VGGish embeddings of the K samples of a variant at one guidance weight, and their CLAP
+        scores (None without a CLAP model)."""
         condition = self.condition(variant)
         trained_on = VARIANTS[variant].trained_on
         pipeline = self.pipeline if self.pipeline.spectrogram.condition == trained_on else \
             dataclasses.replace(self.pipeline, spectrogram=self.tta)
-        config, rows = self.config, []
+        config, rows, claps = self.config, [], []
         for start in range(0, len(condition), config.batch):
             chunk = condition[start:start + config.batch]
             mel = pipeline.generate_mel(chunk.to(pipeline.device), guidance, config.sampler, config.steps,
@@ -169,21 +185,50 @@ class Evaluator:
             if save_to is not None:
                 self._save(save_to, start, wavs)
             rows.append(self.embed_audio(list(wavs)))
+            if self.clap is not None:
+                claps += self.clap_scores(wavs, [q.label for q in self.queries[start:start + len(chunk)]])
             if self.progress:
                 self.progress(len(chunk))
-        return np.concatenate(rows)
+        return np.concatenate(rows), claps if self.clap is not None else None
 
-    def reconstruction_embeddings(self) -> np.ndarray:
-        """VGGish embeddings of the test clips' real mels (the first `seconds`) put through the vocoder."""
+    def reconstruction_embeddings(self) -> tuple[np.ndarray, list[float] | None]:
+        """VGGish embeddings of the test clips' real mels (the first `seconds`) put through the
+        vocoder, and their CLAP scores (None without a CLAP model)."""
         mel_config = self.pipeline.spectrogram.mel_config
         frames = round(self.config.seconds * mel_config.sample_rate / mel_config.hop_size)
         records = distinct_records(self.queries)
-        rows = []
+        rows, claps = [], []
         for start in range(0, len(records), self.config.batch):
             chunk = records[start:start + self.config.batch]
             mels = torch.from_numpy(np.stack([self._padded_mel(r, frames) for r in chunk]))
-            rows.append(self.embed_audio(list(self.pipeline.vocode(mels, self.config.seconds, seed=self.config.seed))))
-        return np.concatenate(rows)
+            wavs = self.pipeline.vocode(mels, self.config.seconds, seed=self.config.seed)
+            rows.append(self.embed_audio(list(wavs)))
+            if self.clap is not None:
+                claps += self.clap_scores(wavs, [r.label for r in chunk])
+        return np.concatenate(rows), claps if self.clap is not None else None
+
+    def windowed_clap(self) -> dict[str, dict[str, float]]:
+        """Paper Table 5: per test clip, the CLAP scores of its 4-s windows every 0.5 s (max, mean,
+        min) and of the whole clip, averaged over the clips; for the real audio ("ground truth")
+        and for its whole mel put through the vocoder ("reconstruction")."""
+        sample_rate = self.pipeline.spectrogram.mel_config.sample_rate
+        window, hop = round(WINDOW_SECONDS * sample_rate), round(WINDOW_HOP_SECONDS * sample_rate)
+        rows: dict[str, list[list[float]]] = {"ground truth": [], RECONSTRUCTION: []}
+        for record in distinct_records(self.queries):
+            real = real_audio(self.dataset, record, sample_rate)
+            mel = torch.from_numpy(self.dataset.mel(record))[None]
+            rebuilt = self.pipeline.vocode(mel, seed=self.config.seed)[0].float().cpu().numpy()
+            for name, wav in (("ground truth", real), (RECONSTRUCTION, rebuilt)):
+                starts = range(0, max(len(wav) - window, 0) + 1, hop)
+                windows = [np.pad(wav[i:i + window], (0, max(0, window - len(wav)))) for i in starts]
+                scores = []
+                for first in range(0, len(windows), self.config.batch):
+                    part = windows[first:first + self.config.batch]
+                    scores += self.clap_scores(part, [record.label] * len(part))
+                whole = self.clap_scores([wav], [record.label])[0]
+                rows[name].append([max(scores), float(np.mean(scores)), min(scores), whole])
+        return {name: dict(zip(("max", "mean", "min", "whole"), np.mean(values, axis=0).tolist()))
+                for name, values in rows.items()}
 
     def _padded_mel(self, record: ClipRecord, frames: int) -> np.ndarray:
         mel = self.dataset.mel(record, 0, min(frames, record.mel_frames))
@@ -256,22 +301,26 @@ def evaluate(evaluator: Evaluator, variants: Sequence[str], out: Path, save_audi
     for variant in variants:
         for guidance in config.guidance:
             folder = out / "samples" / f"{variant}_w{guidance:g}" if save_audio else None
-            embeddings = evaluator.generated_embeddings(variant, guidance, folder)
+            embeddings, claps = evaluator.generated_embeddings(variant, guidance, folder)
             fad = frechet_distance_from_statistics(*embedding_statistics(embeddings), *reference)
-            scores.append(Score(variant, guidance, fad, len(embeddings)))
-            log.info("%s at w=%g: FAD %.4g", variant, guidance, fad)
+            scores.append(Score(variant, guidance, fad, len(embeddings), _mean(claps)))
+            log.info("%s at w=%g: FAD %.4g%s", variant, guidance, fad,
+                     "" if claps is None else f", CLAP score {_mean(claps):.3f}")
     if reconstruction:
-        embeddings = evaluator.reconstruction_embeddings()
+        embeddings, claps = evaluator.reconstruction_embeddings()
         scores.append(Score(RECONSTRUCTION, None, frechet_distance_from_statistics(
-            *embedding_statistics(embeddings), *reference), len(embeddings)))
+            *embedding_statistics(embeddings), *reference), len(embeddings), _mean(claps)))
     cosine = evaluator.cosine_similarities(variants)
     vocoder = "BigVGAN" if evaluator.pipeline.vocoder is not None else "Griffin-Lim"
     summary = {"format": "clipsonic.eval", "version": 1, "dataset": str(evaluator.dataset.folder),
                "config": config.to_dict(), "vocoder": vocoder, "test_clips": len(distinct_records(evaluator.queries)),
                "fad": [dataclasses.asdict(score) for score in scores], "cosine_similarity": cosine,
-               "clap_score": None}
+               "clap_score": None, "vggish": evaluator.vggish.origin}
+    if evaluator.clap is not None:
+        summary["clap_score"] = {"template": CLAP_TEMPLATE, "windows": evaluator.windowed_clap()}
+        write_text_atomic(out / "table5.md", table5(summary["clap_score"]["windows"], vocoder) + "\n")
     table_weight = min(config.guidance, key=lambda w: abs(w - evaluator.pipeline.guidance))
-    write_text_atomic(out / "table1.md", table1(scores, table_weight, vocoder) + "\n")
+    write_text_atomic(out / "table1.md", table1(scores, table_weight, vocoder, summary["vggish"]) + "\n")
     write_text_atomic(out / "table2.md", table2(cosine) + "\n")
     if len(config.guidance) > 1:
         write_text_atomic(out / "sweep.md", sweep_table(scores, config.guidance) + "\n")
@@ -281,9 +330,15 @@ def evaluate(evaluator: Evaluator, variants: Sequence[str], out: Path, save_audi
     return summary
 
 
-def table1(scores: Sequence[Score], guidance: float, vocoder: str) -> str:
-    """Paper Table 1's layout at one guidance weight (CLAP score: not computed)."""
-    lines = [f"Evaluation at w = {guidance:g} ({vocoder} vocoder).", "",
+def _mean(values: list[float] | None) -> float | None:
+    return None if values is None else float(np.mean(values))
+
+
+def table1(scores: Sequence[Score], guidance: float, vocoder: str, vggish: str = "torchvggish") -> str:
+    """Paper Table 1's layout at one guidance weight (CLAP score n/a when no CLAP model was given)."""
+    embedding = "the demo bundle's VGGish: a demo FAD, not comparable with the paper's" if vggish == "demo" else \
+        f"{vggish} VGGish"
+    lines = [f"Evaluation at w = {guidance:g} ({vocoder} vocoder; FAD with {embedding}).", "",
              "| Model | Without text-audio pairs | Training query | Inference query | FAD ↓ | CLAP score ↑ |",
              "|---|---|---|---|---|---|"]
     for score in scores:
@@ -295,7 +350,19 @@ def table1(scores: Sequence[Score], guidance: float, vocoder: str) -> str:
             variant = VARIANTS[score.variant]
             name, unpaired, training, inference = (variant.paper_name, variant.without_pairs, variant.trained_on,
                                                    variant.query)
-        lines.append(f"| {name} | {unpaired} | {training} | {inference} | {score.fad:.4g} | n/a |")
+        clap = "n/a" if score.clap is None else f"{score.clap:.3f}"
+        lines.append(f"| {name} | {unpaired} | {training} | {inference} | {score.fad:.4g} | {clap} |")
+    return "\n".join(lines)
+
+
+def table5(windows: dict[str, dict[str, float]], vocoder: str) -> str:
+    """Paper Table 5: CLAP scores of the test clips over 4-s windows every 0.5 s and as whole clips."""
+    lines = [f"CLAP scores against \"{CLAP_TEMPLATE}\", averaged over the test clips.", "",
+             "| Audio | 4-s windows: max | mean | min | whole clip |", "|---|---|---|---|---|"]
+    for name, value in windows.items():
+        shown = f"{vocoder} mel spectrogram reconstruction" if name == RECONSTRUCTION else name
+        lines.append(f"| {shown} | {value['max']:.3f} | {value['mean']:.3f} | {value['min']:.3f} | "
+                     f"{value['whole']:.3f} |")
     return "\n".join(lines)
 
 
@@ -322,10 +389,10 @@ def sweep_table(scores: Sequence[Score], weights: Sequence[float]) -> str:
 def sweep_csv(scores: Sequence[Score]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["variant", "guidance", "fad", "samples"])
+    writer.writerow(["variant", "guidance", "fad", "samples", "clap_score"])
     for score in scores:
         writer.writerow([score.variant, "" if score.guidance is None else f"{score.guidance:g}",
-                         f"{score.fad:.6f}", score.samples])
+                         f"{score.fad:.6f}", score.samples, "" if score.clap is None else f"{score.clap:.6f}"])
     return text.getvalue()
 
 
@@ -377,12 +444,35 @@ def folder_statistics(path: Path, vggish, sample_rate: int = 16000) -> tuple[tup
     return embedding_statistics(embeddings), len(files)
 
 
-def vggish_path(given: str | os.PathLike | None) -> Path:
-    """The VGGish weights: `given`, else the manifest's file in the user weights folder."""
+def clap_path(given: str | os.PathLike | None) -> Path | None:
+    """The LAION-CLAP checkpoint: `given`, else the manifest's file in the user weights folder, else
+    None (the CLAP column says n/a, and a log line says why)."""
     from clipsonic import manifest
 
     if given is not None:
         return Path(given)
+    entry = manifest.load_manifest()["clap-630k-audioset-fusion"]
+    found = manifest.locate(entry)
+    if found is None:
+        log.info("no CLAP score: no %s in %s (give one with --clap; source: %s)", entry.file, manifest.user_folder(),
+                 entry.source)
+    return found
+
+
+def vggish_path(given: str | os.PathLike | None, bundle: str | os.PathLike | None = None) -> Path:
+    """The VGGish weights: `given`, else the bundle's own ``vggish.pt`` (the demo bundle has one:
+    said in a log line, since its FAD is not the paper's), else the manifest's file in the user
+    weights folder."""
+    from clipsonic import manifest
+    from clipsonic.bundle import open_bundle
+
+    if given is not None:
+        return Path(given)
+    own = open_bundle(bundle).path("vggish") if bundle is not None else None
+    if own is not None:
+        log.info("FAD with the bundle's own VGGish (%s: trained on the demo's synthetic classes, so its FAD is the "
+                 "demo FAD, not comparable with the paper's; --vggish for torchvggish's)", own)
+        return own
     found = manifest.locate(manifest.load_manifest()["vggish"])
     if found is None:
         raise ParameterError(f"no VGGish weights: give their file ({{option}}), or put vggish-10086976.pth in "

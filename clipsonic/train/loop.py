@@ -158,6 +158,11 @@ class Task:
     def checkpoint_extra(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def saved_training(self, training: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A checkpoint's training settings as this version of the task writes them (an older file
+        may name a setting differently or lack one that has a default), for resuming."""
+        return training
+
 
 @dataclasses.dataclass
 class Distributed:
@@ -298,8 +303,10 @@ def train(task: Task, config: TrainConfig, out_dir: str | os.PathLike, *, resume
             raise TrainingError(f"{latest}: nothing to resume from")
         saved = load_checkpoint(latest, task.kind, max_version=task.version)
         extra = saved["extra"]
-        for what, before, now in (("model", saved["config"], task.checkpoint_config()),
-                                  ("training", extra.get("training"), task.checkpoint_extra().get("training"))):
+        # Training settings first: they can decide the model's shape (the condition, its width).
+        for what, before, now in (("training", task.saved_training(extra.get("training")),
+                                   task.checkpoint_extra().get("training")),
+                                  ("model", saved["config"], task.checkpoint_config())):
             difference = first_difference(before, now)
             if difference:
                 raise TrainingError(f"{latest}: its {what} settings were {difference}; resume with the checkpoint's "

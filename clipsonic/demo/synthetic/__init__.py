@@ -1,4 +1,4 @@
-"""A deterministic, procedural audio-visual data set: labelled videos of eight sound classes.
+"""A deterministic, procedural audio-visual data set: labelled videos of sixteen sound classes.
 
 Not from the paper: CLIPSonic trains on VGGSound, which a test or a CPU demo cannot download.
 This package writes a small stand-in with the same shape of problem: real video files (H.264 +
@@ -26,11 +26,11 @@ class), `pictures` (one animated scene per class), `videos` (clip plans, tracks 
 """
 
 from clipsonic.demo.synthetic.pictures import SIZE, class_picture, render_frame, scene_params
-from clipsonic.demo.synthetic.sounds import SAMPLE_RATE, synthesize_audio
+from clipsonic.demo.synthetic.sounds import PEAK_RANGE, SAMPLE_RATE, synthesize_audio
 from clipsonic.demo.synthetic.streams import CLASSES, clip_rng
-from clipsonic.demo.synthetic.videos import (FPS, REFERENCE_FIRST_INDEX, ClipSpec, DemoData, clip_audio, clip_frames,
+from clipsonic.demo.synthetic.videos import (ENCODED_PEAK_LIMIT, FPS, REFERENCE_FIRST_INDEX, ClipSpec, DemoData, clip_audio, clip_frames,
                                              make_demo_data, plan_clips, reference_clips, write_clip)
 
-__all__ = ["CLASSES", "FPS", "REFERENCE_FIRST_INDEX", "SAMPLE_RATE", "SIZE", "ClipSpec", "DemoData", "class_picture",
-           "clip_audio", "clip_frames", "clip_rng", "make_demo_data", "plan_clips", "reference_clips", "render_frame",
-           "scene_params", "synthesize_audio", "write_clip"]
+__all__ = ["CLASSES", "ENCODED_PEAK_LIMIT", "FPS", "PEAK_RANGE", "REFERENCE_FIRST_INDEX", "SAMPLE_RATE", "SIZE",
+           "ClipSpec", "DemoData", "class_picture", "clip_audio", "clip_frames", "clip_rng", "make_demo_data",
+           "plan_clips", "reference_clips", "render_frame", "scene_params", "synthesize_audio", "write_clip"]

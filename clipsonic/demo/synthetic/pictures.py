@@ -137,6 +137,22 @@ _PALETTES = {
                  leaf=(160, 125, 60)),
     "clock": dict(top=(172, 122, 76), bottom=(132, 88, 52), grain=(120, 80, 45), face=(246, 244, 236),
                   rim=(45, 40, 38), marks=(30, 30, 30), second=(215, 30, 30), shadow=(40, 25, 15)),
+    "thunder": dict(top=(40, 30, 95), bottom=(95, 75, 150), cloud=(58, 48, 100), bolt=(250, 248, 200),
+                    glow=(180, 170, 255), hills=(14, 16, 22)),
+    "dog": dict(top=(150, 200, 235), bottom=(90, 160, 70), fur=(170, 110, 50), fur_dark=(110, 65, 30),
+                nose=(25, 20, 20), tongue=(230, 90, 110), eye=(20, 20, 20)),
+    "footsteps": dict(top=(190, 150, 100), bottom=(150, 112, 70), pebble=(215, 185, 140), shoe=(50, 40, 35),
+                      sole=(25, 22, 20), trouser=(40, 55, 95), print=(120, 88, 55)),
+    "stream": dict(top=(70, 125, 60), bottom=(50, 100, 45), water=(55, 120, 190), foam=(215, 235, 250),
+                   stone=(125, 125, 120), stone_dark=(80, 80, 78)),
+    "fire": dict(top=(18, 10, 8), bottom=(40, 22, 12), log=(105, 60, 30), log_end=(190, 140, 90),
+                 outer=(230, 80, 20), inner=(255, 200, 60), ember=(255, 120, 30)),
+    "phone": dict(top=(225, 210, 180), bottom=(160, 120, 80), body=(200, 30, 35), body_dark=(130, 15, 20),
+                  dial=(240, 235, 225), cord=(60, 20, 20), ring=(40, 40, 40)),
+    "horn": dict(top=(120, 150, 180), bottom=(70, 70, 75), car=(240, 190, 20), car_dark=(170, 120, 10),
+                 window=(160, 200, 230), wheel=(25, 25, 28), honk=(255, 255, 255), lane=(235, 235, 235)),
+    "whistle": dict(top=(250, 220, 45), bottom=(230, 195, 30), metal=(200, 205, 212), metal_dark=(120, 125, 135),
+                    cord=(230, 40, 40), line=(20, 20, 22), blast=(255, 190, 40)),
 }
 
 
@@ -334,11 +350,165 @@ def _clock_moving(f: _Frame, p: dict, t: float) -> None:
     f.paint(_circle(f.x, f.y, 0, 0, 0.035), p["colours"]["second"])
 
 
+def _arcs(f: _Frame, p: dict, cx: float, cy: float, t: float, colour, facing: float = 1.0) -> None:
+    """Sound waves: three arcs spreading from (cx, cy) towards `facing` (1 = right), fading outwards."""
+    for k in range(3):
+        radius = 0.12 + 0.12 * ((k + p["wave_rate"] * t) % 3)
+        r = _length(f.x - cx, f.y - cy)
+        ahead = (f.x - cx) * facing - 0.5 * np.abs(f.y - cy)
+        f.paint(np.maximum(np.abs(r - radius) - 0.015, -ahead), colour, max(0.0, 1.0 - radius / 0.5))
+
+
+def _thunder_backdrop(f: _Frame, p: dict) -> None:
+    for cx, cy, rx, ry in p["clouds"]:
+        f.paint(_ellipse(f.gx, f.gy, cx, cy, rx, ry), p["colours"]["cloud"], 0.9, grid=True)
+    hills = 0.55 + 0.12 * np.sin(3 * f.gx + p["hill_phase"]) + 0.05 * np.sin(7 * f.gx)
+    f.paint(hills - f.gy, p["colours"]["hills"], grid=True)
+
+
+def _thunder_moving(f: _Frame, p: dict, t: float) -> None:
+    flash = max(0.0, math.cos(2 * math.pi * p["flash_rate"] * t + p["flash_phase"])) ** 3  # the bolt flickers
+    f.glow(0.35 * flash * np.exp(-(_length(f.gx - p["points"][0][0], f.gy + 0.8) / 0.9) ** 2), p["colours"]["glow"])
+    for (ax, ay), (bx, by) in zip(p["points"][:-1], p["points"][1:]):
+        f.paint(_segment(f.x, f.y, ax, ay, bx, by, 0.025), p["colours"]["bolt"], 0.3 + 0.7 * flash)
+
+
+def _dog_moving(f: _Frame, p: dict, t: float) -> None:
+    c = p["colours"]
+    x, y = f.x * p["facing"], f.y
+    bark = 0.5 + 0.5 * math.sin(2 * math.pi * p["bark_rate"] * t + p["bark_phase"])  # the mouth opens and shuts
+    wag = 0.4 * math.sin(2 * math.pi * p["wag_rate"] * t)
+    for leg in (-0.28, -0.15, 0.12, 0.25):
+        f.paint(_segment(x, y, leg, 0.1, leg, 0.45, 0.04), c["fur_dark"])
+    f.paint(_segment(x, y, -0.38, -0.02, -0.55, -0.2 + wag * 0.2, 0.03), c["fur_dark"])  # tail
+    f.paint(_ellipse(x, y, 0, 0.05, 0.42, 0.17), c["fur"])
+    f.paint(_circle(x, y, 0.42, -0.18, 0.15), c["fur"])
+    f.paint(_ellipse(x, y, 0.33, -0.3, 0.05, 0.12, angle=0.3), c["fur_dark"])  # ear
+    f.paint(_ellipse(x, y, 0.58, -0.15 - 0.02 * bark, 0.1, 0.045), c["fur"])  # snout, upper jaw
+    f.paint(_ellipse(x, y, 0.55, -0.06 + 0.06 * bark, 0.08, 0.03, angle=0.3 * bark), c["fur_dark"])  # lower jaw
+    f.paint(_circle(x, y, 0.67, -0.17, 0.03), c["nose"])
+    f.paint(_circle(x, y, 0.46, -0.24, 0.022), c["eye"])
+    if bark > 0.5:
+        f.paint(_ellipse(x, y, 0.58, -0.09, 0.04, 0.02), c["tongue"])
+
+
+def _footsteps_backdrop(f: _Frame, p: dict) -> None:
+    for cx, cy, r in p["pebbles"]:
+        f.paint(_circle(f.gx, f.gy, cx, cy, r), p["colours"]["pebble"], 0.8, grid=True)
+    for k, (cx, cy) in enumerate(p["prints"]):  # the prints of earlier steps
+        f.paint(_ellipse(f.x, f.y, cx, cy, 0.06, 0.13, angle=0.1 * (-1) ** k), p["colours"]["print"], 0.7)
+
+
+def _footsteps_moving(f: _Frame, p: dict, t: float) -> None:
+    c = p["colours"]
+    phase = (t / p["interval"]) % 2.0
+    for side, offset in ((-0.18, 0.0), (0.18, 1.0)):  # left and right foot take turns to lift
+        lift = max(0.0, math.sin(math.pi * ((phase - offset) % 2.0))) if (phase - offset) % 2.0 < 1.0 else 0.0
+        x, y = f.x - side, f.y + 0.15 + 0.25 * lift
+        f.paint(_box(x, y, 0, -0.55, 0.08, 0.45), c["trouser"])
+        f.paint(_ellipse(x, y, 0.02, 0.0, 0.13, 0.08), c["shoe"])
+        f.paint(_box(x, y, 0.02, 0.07, 0.13, 0.02, radius=0.01), c["sole"])
+
+
+def _stream_backdrop(f: _Frame, p: dict) -> None:
+    c = p["colours"]
+    centre = p["bend"] * np.sin(2.2 * f.gy + p["bend_phase"])
+    f.paint(np.abs(f.gx - centre) - p["width"], c["water"], grid=True)
+    for cx, cy, rx, ry in p["stones"]:
+        f.paint(_ellipse(f.gx, f.gy, cx, cy, rx, ry), _mix(c["stone"], c["stone_dark"], (f.gy - cy) / ry), grid=True)
+
+
+def _stream_moving(f: _Frame, p: dict, t: float) -> None:
+    centre = p["bend"] * np.sin(2.2 * f.gy + p["bend_phase"])
+    inside = np.abs(f.gx - centre) - p["width"]
+    ripples = np.abs(np.sin(14 * f.gy + 5 * np.sin(6 * f.gx) - p["flow"] * t)) - 0.12  # foam lines flowing down
+    f.paint(np.maximum(inside, ripples / 14), p["colours"]["foam"], 0.6, grid=True)
+
+
+def _fire_backdrop(f: _Frame, p: dict) -> None:
+    c = p["colours"]
+    f.glow(0.4 * np.exp(-(_length(f.x, f.y - 0.1) / 0.7) ** 2), c["ember"])
+    for angle in (-0.35, 0.35):
+        f.paint(_box(f.x, f.y, 0, 0.45, 0.5, 0.07, angle=angle, radius=0.05), c["log"])
+    f.paint(_ellipse(f.x, f.y, 0, 0.45, 0.09, 0.07), c["log_end"])
+
+
+def _fire_moving(f: _Frame, p: dict, t: float) -> None:
+    c = p["colours"]
+    for k, (cx, height, rate, phase) in enumerate(p["flames"]):
+        flicker = 1.0 + 0.25 * math.sin(2 * math.pi * rate * t + phase)
+        sway = 0.05 * math.sin(2 * math.pi * rate * 0.7 * t + phase)
+        for colour, scale in ((c["outer"], 1.0), (c["inner"], 0.55)):
+            h = height * flicker * scale
+            f.paint(_ellipse(f.x, f.y, cx + sway, 0.38 - h, 0.1 * scale + 0.04, h, angle=sway), colour, 0.9)
+
+
+def _phone_moving(f: _Frame, p: dict, t: float) -> None:
+    c = p["colours"]
+    ringing = ((t + p["ring_offset"]) % p["cycle"]) < 1.0
+    shake = 0.025 * math.sin(2 * math.pi * 9.3 * t) if ringing else 0.0  # it rattles while it rings
+    x, y = f.x + shake, f.y
+    f.paint(_segment(x, y, 0.42, 0.3, 0.75, 0.7, 0.015), c["cord"])
+    f.paint(_box(x, y, 0, 0.25, 0.4, 0.22, radius=0.08), _mix(c["body"], c["body_dark"], (y - 0.1) * 3))
+    f.paint(_circle(x, y, 0, 0.22, 0.15), c["dial"])
+    for k in range(10):
+        angle = 2 * math.pi * k / 10
+        f.paint(_circle(x, y, 0.1 * math.cos(angle), 0.22 + 0.1 * math.sin(angle), 0.02), c["ring"])
+    lift = 0.04 if ringing and math.sin(2 * math.pi * 9.3 * t) > 0 else 0.0
+    f.paint(_box(x, y, 0, -0.12 - lift, 0.45, 0.06, radius=0.05), c["body"])  # the handset on its cradle
+    for side in (-1, 1):
+        f.paint(_ellipse(x, y, 0.38 * side, -0.08 - lift, 0.1, 0.07), c["body_dark"])
+    if ringing:
+        _arcs(f, p, 0.45, -0.3, t, c["ring"])
+        _arcs(f, p, -0.45, -0.3, t, c["ring"], facing=-1.0)
+
+
+def _horn_backdrop(f: _Frame, p: dict) -> None:
+    f.paint(-0.35 - (f.gy - 0.4), p["colours"]["bottom"], grid=True)
+    for x0 in np.arange(-1.2, 1.2, 0.5) + p["lane_offset"]:
+        f.paint(_box(f.gx, f.gy, x0, 0.78, 0.12, 0.015), p["colours"]["lane"], grid=True)
+
+
+def _horn_moving(f: _Frame, p: dict, t: float) -> None:
+    c = p["colours"]
+    x, y = f.x * p["facing"] - 0.1 * math.sin(0.6 * t + p["drive_phase"]), f.y
+    f.paint(_box(x, y, 0, 0.3, 0.62, 0.16, radius=0.06), _mix(c["car"], c["car_dark"], (y - 0.2) * 4))
+    f.paint(_box(x, y, -0.05, 0.06, 0.36, 0.13, radius=0.08), c["car"])
+    for wx in (-0.2, 0.12):
+        f.paint(_box(x, y, wx, 0.06, 0.13, 0.08, radius=0.03), c["window"])
+    for wx in (-0.38, 0.38):
+        f.paint(_circle(x, y, wx, 0.46, 0.11), c["wheel"])
+    if ((t + p["honk_phase"]) % p["honk_cycle"]) < 0.6 * p["honk_cycle"]:
+        _arcs(f, p, 0.66, 0.25, t, c["honk"])
+
+
+def _whistle_backdrop(f: _Frame, p: dict) -> None:
+    # A referee's shirt: broad black stripes on yellow.
+    stripes = np.abs(((f.x + p["stripe_offset"]) / 0.36) % 1.0 - 0.5) - 0.25
+    f.paint(stripes * 0.36, p["colours"]["line"])
+
+
+def _whistle_moving(f: _Frame, p: dict, t: float) -> None:
+    c = p["colours"]
+    bob = 0.03 * math.sin(2 * math.pi * 0.7 * t)
+    x, y = f.x, f.y - bob
+    f.paint(np.abs(_ellipse(x, y, -0.35, -0.45, 0.3, 0.45)) - 0.015, c["cord"])  # the lanyard
+    f.paint(_circle(x, y, -0.1, 0.1, 0.26), _mix(c["metal"], c["metal_dark"], (y - 0.1) * 2 + 0.5))
+    f.paint(_box(x, y, 0.28, -0.05, 0.3, 0.1, radius=0.03), c["metal"])
+    f.paint(_box(x, y, 0.2, -0.15, 0.08, 0.03), c["metal_dark"])  # the slot
+    if ((t + p["blast_phase"]) % p["blast_cycle"]) < 0.5 * p["blast_cycle"]:
+        _arcs(f, p, 0.6, -0.05, t, c["blast"])
+
+
 _SCENES: dict[str, tuple[Callable[[_Frame, dict], None], Callable[[_Frame, dict, float], None]]] = {
     "rain": (_rain_backdrop, _rain_moving), "bell": (_bell_backdrop, _bell_moving),
     "bird": (_bird_backdrop, _bird_moving), "engine": (_nothing, _engine_moving),
     "drum": (_drum_backdrop, _drum_moving), "siren": (_siren_backdrop, _siren_moving),
     "wind": (_nothing, _wind_moving), "clock": (_clock_backdrop, _clock_moving),
+    "thunder": (_thunder_backdrop, _thunder_moving), "dog": (_nothing, _dog_moving),
+    "footsteps": (_footsteps_backdrop, _footsteps_moving), "stream": (_stream_backdrop, _stream_moving),
+    "fire": (_fire_backdrop, _fire_moving), "phone": (_nothing, _phone_moving),
+    "horn": (_horn_backdrop, _horn_moving), "whistle": (_whistle_backdrop, _whistle_moving),
 }
 
 
@@ -375,8 +545,34 @@ def _class_params(label: str, rng: np.random.Generator) -> dict:
                     swirls=[(u(-0.6, 0.6), u(-0.6, 0.6), u(0.25, 0.45), u(0.5, 1.5))
                             for _ in range(int(rng.integers(2, 4)))],
                     leaves=[(u(-1.2, 1.2), u(-0.8, 0.8), u(0.4, 0.9), u(0, 2 * math.pi)) for _ in range(4)])
-    return dict(grain=u(-1, 1, 12), radius=u(0.55, 0.68), hour=u(0, 2 * math.pi), minute=u(0, 2 * math.pi),
-                second=u(0, 60), tick=u(0.5, 1.0))
+    if label == "clock":
+        return dict(grain=u(-1, 1, 12), radius=u(0.55, 0.68), hour=u(0, 2 * math.pi), minute=u(0, 2 * math.pi),
+                    second=u(0, 60), tick=u(0.5, 1.0))
+    waves = dict(wave_rate=u(1.2, 1.8))
+    if label == "thunder":
+        points = [(u(-0.4, 0.4), -0.9)]
+        for _ in range(5):
+            points.append((points[-1][0] + u(-0.25, 0.25), points[-1][1] + u(0.2, 0.3)))
+        return dict(clouds=[(u(-1, 1), u(-1.05, -0.6), u(0.3, 0.7), u(0.12, 0.25)) for _ in range(6)],
+                    hill_phase=u(0, 2 * math.pi), points=points, flash_rate=u(1.2, 1.8), flash_phase=u(0, 2 * math.pi))
+    if label == "dog":
+        return dict(facing=1.0 if rng.random() < 0.5 else -1.0, bark_rate=u(1.2, 1.8), bark_phase=u(0, 2 * math.pi),
+                    wag_rate=u(2.2, 3.4))
+    if label == "footsteps":
+        return dict(pebbles=[(u(-1, 1), u(-1, 1), u(0.01, 0.03)) for _ in range(60)],
+                    prints=[(u(-0.5, 0.5), u(-0.8, 0.8)) for _ in range(4)], interval=u(0.4, 0.7))
+    if label == "stream":
+        return dict(bend=u(0.1, 0.3), bend_phase=u(0, 2 * math.pi), width=u(0.3, 0.45), flow=u(4, 8),
+                    stones=[(u(-1, 1), u(-1, 1), u(0.06, 0.14), u(0.04, 0.09)) for _ in range(7)])
+    if label == "fire":
+        return dict(flames=[(u(-0.25, 0.25), u(0.2, 0.38), u(1.2, 2.8), u(0, 2 * math.pi))
+                            for _ in range(int(rng.integers(3, 6)))])
+    if label == "phone":
+        return dict(ring_offset=u(0, 3), cycle=u(2.6, 3.4), **waves)
+    if label == "horn":
+        return dict(facing=1.0 if rng.random() < 0.5 else -1.0, lane_offset=u(0, 0.5), drive_phase=u(0, 2 * math.pi),
+                    honk_phase=u(0, 2), honk_cycle=u(1.2, 2.2), **waves)
+    return dict(stripe_offset=u(0, 0.36), blast_phase=u(0, 2), blast_cycle=u(1.2, 2.2), **waves)
 
 
 def scene_params(label: str, rng: np.random.Generator) -> dict:

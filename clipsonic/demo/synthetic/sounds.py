@@ -1,7 +1,9 @@
 """The sound tracks: one procedural synthesizer per class (`synthesize_audio`).
 
 Pitch, tempo, loudness and noise floor vary with the clip's random stream; the peak level is
-drawn too, so level is no clue to the class.
+drawn too, so level is no clue to the class. Peaks stay at most PEAK_RANGE[1] (-4.4 dBFS): the
+AAC encoder of the videos overshoots a tonal sound's peak by up to 1.5x (3.7 dB, measured on
+sirens), and `write_clip` checks the decoded track stays under full scale.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from clipsonic.demo.synthetic.streams import class_index
 from clipsonic.errors import ClipsonicError
 
 SAMPLE_RATE = 16000
+PEAK_RANGE = (0.2, 0.6)  # the clip's peak, drawn uniformly (a 9.5 dB spread)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,15 +246,148 @@ def _clock_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
+def _thunder_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Claps of thunder: a bright crack, then a deep rumble of low noise that rolls for seconds,
+    swelling unevenly, over faint rain."""
+    out = 0.02 * _band_noise(rng, n, sr, 500, 6000)
+    onset = rng.uniform(0.0, 0.8)
+    while onset < n / sr:
+        length = int(rng.uniform(2.0, 4.0) * sr)
+        t = _times(length, sr)
+        roll = np.exp(-t / rng.uniform(0.8, 1.6)) * (0.4 + 0.6 * _slow_curve(rng, length, sr, rng.uniform(3, 6)))
+        rumble = _band_noise(rng, length, sr, 25, rng.uniform(150, 300), order=3) * roll
+        crack = _band_noise(rng, length, sr, 300, 4000) * np.exp(-t / rng.uniform(0.03, 0.08))
+        _add(out, int(onset * sr), rng.uniform(0.7, 1.0) * (rumble + 0.5 * crack))
+        onset += rng.uniform(2.5, 5.0)
+    return out
+
+
+def _dog_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Barks in ones, twos and threes: short harmonic yelps (400-800 Hz, falling pitch) with a
+    breathy noise part, under a nasal formant."""
+    out = 0.01 * _band_noise(rng, n, sr, 200, 4000)
+    pitch = rng.uniform(400, 800)
+    time = rng.uniform(0.0, 0.5)
+    while time < n / sr:
+        for _ in range(rng.integers(1, 4)):
+            length = rng.uniform(0.1, 0.2)
+            t = _times(int(length * sr), sr)
+            freq = pitch * rng.uniform(0.9, 1.1) * (1.15 - 0.3 * t / length)
+            envelope = np.sin(np.pi * np.minimum(t / length, 1.0)) ** 0.6 * np.exp(-t / length)
+            voiced = _tone(sr, freq, (1.0, 0.8, 0.6, 0.45, 0.3, 0.2, 0.12))
+            breath = _band_noise(rng, t.size, sr, 800, 5000)
+            _add(out, int(time * sr), rng.uniform(0.7, 1.0) * envelope * (voiced + 0.5 * breath))
+            time += length + rng.uniform(0.08, 0.18)
+        time += rng.uniform(0.5, 1.5)
+    return out
+
+
+def _footsteps_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Walking on gravel: a step every 0.4-0.7 s, each a dull heel thud and a gritty crunch of
+    many tiny grains."""
+    interval = rng.uniform(0.4, 0.7)
+    out = 0.01 * _band_noise(rng, n, sr, 100, 3000)
+    onset = rng.uniform(0.0, interval)
+    while onset < n / sr:
+        length = int(0.25 * sr)
+        t = _times(length, sr)
+        thud = _band_noise(rng, length, sr, 60, 300) * np.exp(-t / 0.03)
+        grains = rng.random(length) < 0.08 * np.exp(-t / 0.06)
+        crunch = np.fft.irfft(np.fft.rfft(grains * rng.standard_normal(length)) *
+                              (np.fft.rfftfreq(length, 1 / sr) > 1500), length)
+        crunch /= np.abs(crunch).max() + 1e-12
+        _add(out, int(onset * sr), rng.uniform(0.7, 1.0) * (thud + 0.6 * crunch))
+        onset += interval * rng.uniform(0.95, 1.05)
+    return out
+
+
+def _stream_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """A babbling brook: a steady wash of mid noise and many small bubbles, short sines whose
+    pitch rises as they burst (300-1800 Hz)."""
+    out = 0.35 * _band_noise(rng, n, sr, 300, 3000) * (0.8 + 0.2 * _slow_curve(rng, n, sr, 2.0))
+    count = rng.poisson(rng.uniform(40, 80) * n / sr)
+    for onset, freq in zip(rng.integers(0, n, count), rng.uniform(300, 1800, count)):
+        tau = rng.uniform(0.01, 0.03)
+        _add(out, int(onset), rng.uniform(0.2, 0.6) * _ping(sr, freq, tau, glide=freq * rng.uniform(5, 15)))
+    return out
+
+
+def _fire_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """A log fire: a low soft roar, irregular sharp crackles (broadband clicks in bursts) and the
+    occasional louder pop."""
+    out = 0.25 * _band_noise(rng, n, sr, 40, 400) * (0.6 + 0.4 * _slow_curve(rng, n, sr, 1.5))
+    count = rng.poisson(rng.uniform(8, 20) * n / sr)
+    for onset in rng.integers(0, n, count):
+        size = rng.integers(1, 6)  # crackles come in little bursts
+        for k in range(size):
+            length = int(rng.uniform(0.001, 0.004) * sr) + 2
+            click = _band_noise(rng, length + 32, sr, 1000, 7000)[:length] * np.exp(-np.arange(length) / (length / 3))
+            _add(out, int(onset + k * rng.uniform(0.005, 0.03) * sr), rng.uniform(0.3, 1.0) * click)
+    return out
+
+
+def _phone_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """A ringing telephone: bursts of a fast trill between two tones (about 20 Hz) in a double
+    ring (on 0.4 s, off 0.2 s, on 0.4 s, off about 2 s)."""
+    low = rng.uniform(700, 1000)
+    high = low * rng.uniform(1.2, 1.35)
+    trill = rng.uniform(16, 24)
+    t = _times(n, sr)
+    freq = np.where(np.sin(2 * np.pi * trill * t) >= 0, high, low)
+    tone = _tone(sr, freq, (1.0, 0.3, 0.15))
+    cycle = rng.uniform(2.6, 3.4)
+    position = (t + rng.uniform(0, cycle)) % cycle
+    gate = ((position < 0.4) | ((position > 0.6) & (position < 1.0))).astype(np.float64)
+    gate = np.convolve(gate, np.ones(80) / 80, mode="same")  # 5-ms edges, no clicks
+    return tone * gate + 0.005 * _band_noise(rng, n, sr, 100, 4000)
+
+
+def _horn_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Car horns: two buzzy tones a third apart (350-500 Hz, rich in odd harmonics) in honks of
+    0.2-1 s, with street noise under them."""
+    base = rng.uniform(350, 500)
+    out = 0.04 * _band_noise(rng, n, sr, 50, 2000)
+    time = rng.uniform(0.0, 0.6)
+    while time < n / sr:
+        length = int(rng.uniform(0.2, 1.0) * sr)
+        t = _times(length, sr)
+        buzz = sum(_tone(sr, np.full(length, base * ratio), (1.0, 0.1, 0.5, 0.1, 0.3, 0.05, 0.2, 0.03, 0.1))
+                   for ratio in (1.0, 1.26))
+        envelope = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)
+        _add(out, int(time * sr), rng.uniform(0.8, 1.0) * envelope * buzz)
+        time += length / sr + rng.uniform(0.15, 1.2)
+    return out
+
+
+def _whistle_audio(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """A referee's whistle: blasts of a piercing tone (2.2-3.5 kHz) warbled by the pea inside
+    (30-50 Hz amplitude and pitch trill), with breath noise."""
+    out = 0.01 * _band_noise(rng, n, sr, 200, 5000)
+    pitch, warble = rng.uniform(2200, 3500), rng.uniform(30, 50)
+    time = rng.uniform(0.0, 0.5)
+    while time < n / sr:
+        length = int(rng.uniform(0.25, 1.2) * sr)
+        t = _times(length, sr)
+        trill = np.sin(2 * np.pi * warble * t)
+        tone = _tone(sr, pitch * (1 + 0.02 * trill), (1.0, 0.08))
+        envelope = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02) * (0.75 + 0.25 * trill)
+        breath = _band_noise(rng, length, sr, 1500, 6000)
+        _add(out, int(time * sr), rng.uniform(0.8, 1.0) * envelope * (tone + 0.08 * breath))
+        time += length / sr + rng.uniform(0.3, 1.2)
+    return out
+
+
 _SYNTHS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "rain": _rain_audio, "bell": _bell_audio, "bird": _bird_audio, "engine": _engine_audio,
     "drum": _drum_audio, "siren": _siren_audio, "wind": _wind_audio, "clock": _clock_audio,
+    "thunder": _thunder_audio, "dog": _dog_audio, "footsteps": _footsteps_audio, "stream": _stream_audio,
+    "fire": _fire_audio, "phone": _phone_audio, "horn": _horn_audio, "whistle": _whistle_audio,
 }
 
 
 def synthesize_audio(label: str, rng: np.random.Generator, seconds: float,
                      sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono float32 [round(seconds * sample_rate)] of class `label`, peak in [0.3, 0.9].
+    """Mono float32 [round(seconds * sample_rate)] of class `label`, peak within PEAK_RANGE.
 
     The peak level (loudness) and a white noise floor 50-60 dB below it vary with `rng`, so
     level is no clue to the class.
@@ -261,8 +397,10 @@ def synthesize_audio(label: str, rng: np.random.Generator, seconds: float,
         raise ClipsonicError(f"cannot synthesize {seconds} s at {sample_rate} Hz (needs > 0 s and >= 8000 Hz)")
     n = max(int(round(seconds * sample_rate)), 16)
     wav = _SYNTHS[label](rng, n, sample_rate)
-    wav *= rng.uniform(0.3, 0.9) / (np.abs(wav).max() + 1e-12)
-    wav += 10 ** (rng.uniform(-60, -50) / 20) * rng.standard_normal(n)
+    peak = rng.uniform(*PEAK_RANGE)
+    wav *= peak / (np.abs(wav).max() + 1e-12)
+    wav += 10 ** (rng.uniform(-60, -50) / 20) * peak * rng.standard_normal(n)  # 50-60 dB under the peak
+    wav *= peak / np.abs(wav).max()  # the noise floor must not lift the peak past the range
     return wav.astype(np.float32)
 
 

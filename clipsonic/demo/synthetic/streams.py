@@ -11,7 +11,8 @@ import numpy as np
 
 from clipsonic.errors import ClipsonicError
 
-CLASSES = ("rain", "bell", "bird", "engine", "drum", "siren", "wind", "clock")
+CLASSES = ("rain", "bell", "bird", "engine", "drum", "siren", "wind", "clock",
+           "thunder", "dog", "footsteps", "stream", "fire", "phone", "horn", "whistle")
 
 # Independent random streams of one clip (the last entry of its seed sequence).
 DURATION_STREAM, AUDIO_STREAM, SCENE_STREAM, PICTURE_STREAM = 0, 1, 2, 3

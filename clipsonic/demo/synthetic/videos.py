@@ -23,12 +23,13 @@ from clipsonic.demo.synthetic.sounds import SAMPLE_RATE, synthesize_audio
 from clipsonic.demo.synthetic.streams import AUDIO_STREAM, CLASSES, DURATION_STREAM, SCENE_STREAM, clip_rng
 from clipsonic.errors import ClipsonicError
 from clipsonic.fileio import atomic_path, write_json_atomic, write_text_atomic
-from clipsonic.media import find_binary, run_tool
+from clipsonic.media import decode_audio, find_binary, run_tool
 
+ENCODED_PEAK_LIMIT = 0.95  # the decoded sound track's peak must stay under this (under full scale)
 FPS = 4  # `preprocess` samples about one frame a second; 4 fps still shows motion and encodes fast
 SETTINGS_NAME = "demo_data.json"
 SETTINGS_FORMAT = "clipsonic.demo-data"
-SETTINGS_VERSION = 1  # bump whenever synthesis changes, so an old folder is not resumed with new clips
+SETTINGS_VERSION = 2  # bump whenever synthesis changes, so an old folder is not resumed with new clips
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +131,16 @@ def write_clip(spec: ClipSpec, path: str | os.PathLike, fps: int = FPS, size: in
     frames, audio = clip_frames(spec, fps, size), clip_audio(spec, sample_rate)
     try:
         with atomic_path(target) as tmp:
-            _encode(frames, audio, tmp, fps, sample_rate)
+            for _ in range(3):
+                _encode(frames, audio, tmp, fps, sample_rate)
+                peak = float(np.abs(decode_audio(tmp, sample_rate)).max())
+                if peak <= ENCODED_PEAK_LIMIT:
+                    break
+                # The codec overshot: encode again, scaled so the decoded peak lands at 0.9.
+                audio = audio * np.float32(0.9 / peak)
+            else:
+                raise ClipsonicError(f"{target}: the encoded sound track peaks at {peak:.2f}, over "
+                                     f"{ENCODED_PEAK_LIMIT} after rescaling")
     except OSError as error:
         raise ClipsonicError(f"{target}: cannot write ({error.strerror or error})") from None
     return target
