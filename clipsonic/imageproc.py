@@ -13,7 +13,6 @@ torch's bicubic (which uses a = -0.75 and no 8-bit rounding):
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 
-from clipsonic.errors import ClipsonicError, ParameterError
+from clipsonic.errors import ParameterError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 AUTO = "auto"

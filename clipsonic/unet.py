@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipsonic import ops
+from clipsonic.audio import MelConfig
 from clipsonic.config import Config
 from clipsonic.nn import module_dtype
 
@@ -263,7 +264,7 @@ class SpectrogramModel:
 
     unet: UNet
     mel_norm: MelNormalization
-    mel_config: "MelConfig"
+    mel_config: MelConfig
     condition: str  # "image" (CLIPSonic), "text" (CLIP-TTA), "clap-text" (CLAP-TTA): variants.CONDITIONS
     embed_dim: int
     diffusion_steps: int
@@ -278,7 +279,7 @@ class UNetCheckpointInfo:
     this class."""
 
     mel_norm: MelNormalization
-    mel_config: "MelConfig"
+    mel_config: MelConfig
     condition: str  # "image" (CLIPSonic), "text" (CLIP-TTA), "clap-text" (CLAP-TTA): variants.CONDITIONS
     embed_dim: int
     diffusion_steps: int
@@ -293,8 +294,6 @@ class UNetCheckpointInfo:
 
     @classmethod
     def from_extra(cls, extra: dict) -> "UNetCheckpointInfo":
-        from clipsonic.audio import MelConfig
-
         return cls(MelNormalization.from_dict(extra["mel_norm"]), MelConfig.from_dict(extra["mel_config"]),
                    extra["condition"], int(extra["embed_dim"]), int(extra["diffusion_steps"]), extra.get("clip"),
                    extra.get("training"), extra.get("prediction", "eps"))

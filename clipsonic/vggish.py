@@ -301,6 +301,12 @@ class VGGish(nn.Module):
         embeddings = self.embed_examples(torch.cat(examples), batch_size=batch_size, relu=relu, pca=pca)
         return list(embeddings.split([len(e) for e in examples]))
 
+    def fad_embeddings(self, wavs: Sequence[torch.Tensor | np.ndarray], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        """What a Fréchet audio distance compares: every 0.96-s example of every clip (float32 or
+        float64 waveforms), embedded as `embed` does and stacked [N, 128], float64 on the CPU."""
+        clips = self.embed_clips([torch.as_tensor(np.asarray(wav, dtype=np.float32)) for wav in wavs], sample_rate)
+        return np.concatenate([clip.float().cpu().numpy() for clip in clips]).astype(np.float64)
+
 
 # ---------------------------------------------------------------- checkpoints
 

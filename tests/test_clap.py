@@ -314,7 +314,7 @@ def test_loading_is_strict_and_names_the_key(tmp_path, change, message):
 
 
 class NotATensor:
-    pass
+    """An object of a class the safe loader does not allow: a pickle that would run code."""
 
 
 def test_other_files_are_refused(tmp_path):

@@ -15,7 +15,7 @@ from conftest import make_video
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
     with_audio = make_video(folder / "with_audio.mp4", seconds=3.0, sample_rate=44100, channels=2)
-    no_audio = make_video(folder / "no_audio.mp4", seconds=3.0, audio=False)
+    make_video(folder / "no_audio.mp4", seconds=3.0, audio=False)
     faststart = make_video(folder / "faststart.mp4", seconds=3.0, extra=["-movflags", "+faststart"])
     webm = make_video(folder / "clip.webm", seconds=2.0, fps=12, video_codec="libvpx", audio_codec="libopus",
                       sample_rate=48000)

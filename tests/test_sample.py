@@ -383,3 +383,33 @@ def test_clap_tta_generates_from_clap_text_embeddings(models, clap_models, tmp_p
     assert other.returncode == 1 and "CLAP embeddings are 32-d but the UNet was trained on 64-d ones" in other.stderr
     unused = sample(models, "--clap", wide, "--text", "rain", "-o", str(tmp_path / "y.wav"))
     assert unused.returncode == 0 and "--clap is not used" in unused.stderr
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it(models):
+    """`generate_mel(interval=...)`: the batched guided call at the steps whose noise level lies in
+    the interval, one plain conditional call at the others."""
+    import dataclasses
+
+    import clipsonic
+    from clipsonic.diffusion import GaussianDiffusion
+
+    pipeline = clipsonic.Pipeline.load(clip=models / "clip.pt", checkpoint=models / "unet.pt")
+    unet, batches = pipeline.spectrogram.unet, []
+
+    class Counting(torch.nn.Module):
+        config = unet.config
+
+        def forward(self, x, t, cond, drop):
+            batches.append(x.shape[0])
+            return unet(x, t, cond, drop)
+
+    counted = dataclasses.replace(pipeline, spectrogram=dataclasses.replace(pipeline.spectrogram, unet=Counting()))
+    query = pipeline.query(text="a photo of rain", variant="zs", seed=0)
+    process = GaussianDiffusion.cosine(pipeline.spectrogram.diffusion_steps).respace_log_snr(10)
+    sigmas = ((1 - process.alphas_cumprod) / process.alphas_cumprod).sqrt()
+    inside = int(((sigmas > 0.3) & (sigmas <= 5.0)).sum())
+    counted.generate_mel(query, 2.0, "dpm++", 10, 0.5, seed=1, batch=1, interval=(0.3, 5.0))
+    assert 0 < inside < 10 and batches.count(2) == inside and batches.count(1) == 10 - inside
+    batches.clear()
+    counted.generate_mel(query, 2.0, "dpm++", 10, 0.5, seed=1, batch=1)
+    assert batches == [2] * 10

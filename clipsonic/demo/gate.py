@@ -55,12 +55,6 @@ def gate_vggish(folder: str | os.PathLike, device: str = "cpu"):
     return None if path is None else load_vggish(path, device=device)
 
 
-def vggish_frames(vggish, wavs, sample_rate: int) -> np.ndarray:
-    """Every 0.96-s example embedding of every clip, stacked [N, 128] (what a FAD compares)."""
-    clips = vggish.embed_clips([torch.as_tensor(np.asarray(wav, dtype=np.float32)) for wav in wavs], sample_rate)
-    return np.concatenate([clip.float().cpu().numpy() for clip in clips]).astype(np.float64)
-
-
 def mel_features(log_mel: np.ndarray) -> np.ndarray:
     """[n_mels, frames] -> [n_mels]: the clip's mean log-mel spectrum with its overall level removed.
 
@@ -167,11 +161,11 @@ def quality_gate(pipeline, recipe: DemoRecipe = DemoRecipe(), variants=GATE_VARI
     results: dict[str, dict] = {REAL: _tally(classifier.predict(real), [spec.label for spec in dataset],
                                              recipe.clips_per_class)}
     reference = None if vggish is None else \
-        embedding_statistics(vggish_frames(vggish, reference_audio, mel_config.sample_rate))
+        embedding_statistics(vggish.fad_embeddings(reference_audio, mel_config.sample_rate))
 
     def fad(wavs) -> float:
         return frechet_distance_from_statistics(
-            *embedding_statistics(vggish_frames(vggish, wavs, mel_config.sample_rate)), *reference)
+            *embedding_statistics(vggish.fad_embeddings(wavs, mel_config.sample_rate)), *reference)
 
     if reference is not None:
         results[REAL]["fad"] = fad(dataset_audio)

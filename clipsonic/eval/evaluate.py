@@ -155,15 +155,14 @@ class Evaluator:
 
     def embed_audio(self, wavs: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
         """VGGish embeddings of 16-kHz waveforms, all examples of all clips stacked [N, 128]."""
-        clips = self.vggish.embed_clips([torch.as_tensor(np.asarray(wav, dtype=np.float32)) for wav in wavs])
-        return np.concatenate([clip.float().cpu().numpy() for clip in clips]).astype(np.float64)
+        return self.vggish.fad_embeddings(wavs)
 
     def clap_scores(self, wavs: Sequence[np.ndarray | torch.Tensor], labels: Sequence[str | None]) -> list[float]:
         """Each 16-kHz waveform's CLAP score against "the sound of [its label]" (equal lengths)."""
-        audio = self.clap.embed_audio(torch.stack([torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in wavs]))
-        texts = self.clap.embed_text([CLAP_TEMPLATE.format(label=label or "") for label in labels])
         from clipsonic.clap import clap_score
 
+        audio = self.clap.embed_audio(torch.stack([torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in wavs]))
+        texts = self.clap.embed_text([CLAP_TEMPLATE.format(label=label or "") for label in labels])
         return clap_score(audio, texts).tolist()
 
     def generated_embeddings(self, variant: str, guidance: float,
