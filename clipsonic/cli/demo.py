@@ -32,9 +32,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                                description="Without options: where the demo bundle is, how it was made and its "
                                            "recorded quality gate. --check measures the gate again (SD and IQ "
                                            "samples of each class must be recognised by a classifier fitted on "
-                                           "held-out real clips, 80% per class). --retrain rebuilds the bundle from "
-                                           "nothing: synthetic videos, contrastive CLIP, preprocess, UNet, prior "
-                                           "(about 30 min on 2 CPU cores).")
+                                           "held-out real clips, at least 13 of 16, at their level and nothing "
+                                           "over full scale). --retrain rebuilds the bundle from nothing: synthetic "
+                                           "videos, contrastive CLIP, preprocess, UNet, prior, demo VGGish, gate "
+                                           "(about 40 min on 2 CPU cores).")
     action = demo.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="measure the quality gate of the bundle again (and "
                                                              "record it in its demo.json)")

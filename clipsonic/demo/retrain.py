@@ -76,9 +76,9 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
                                  save_every=max(1, recipe.unet_steps // 4), **loop),
           unet_run, resume=(unet_run / CHECKPOINT_NAME).is_file(), progress=progress)
     stage("unet")
-    # The tiny prior's initial weights decide whether its loss ever leaves the plateau of the mean
-    # embedding (0.99): of four seeds, two stayed there. So they are drawn from the recipe's seed,
-    # not from whatever state the stages before left the generator in (which differs on resume).
+    # The prior's initial weights are drawn from the recipe's seed, not from whatever state the
+    # stages before left the generator in (which differs on resume). (With 1.1.0's drawn position
+    # bias they decided whether the loss ever left the plateau of the mean embedding; `PriorTask`.)
     torch.manual_seed(recipe.seed)
     prior_task = PriorTask(train_set, PriorConfig.preset("tiny"))
     prior_run = work / "prior"
