@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +23,7 @@ from clipsonic.data import Dataset
 from clipsonic.demo import DemoRecipe
 from clipsonic.prior import DiffusionPrior, PriorConfig, load_prior
 from clipsonic.train.loop import TrainConfig, train
-from clipsonic.train.prior import PriorTask
+from clipsonic.train.prior import PriorTask, draws_of_their_class, label_image_means
 
 DRAWS_PER_CLASS = 16
 
@@ -39,28 +38,21 @@ def text_gradient(task: PriorTask) -> float:
 
 def measure(checkpoint: Path, dataset: Dataset) -> dict:
     model = load_prior(checkpoint)
-    labels = dataset.labels()
-    names = [str(name) for name in labels["labels"]]
-    centroids = F.normalize(torch.stack([F.normalize(torch.from_numpy(np.concatenate(
-        [dataset.image_embeddings(r) for r in dataset.records if r.label == name])), dim=-1).mean(0)
-        for name in names]), dim=-1)
-    text = torch.from_numpy(labels["text_embeddings"])
-    tokens = torch.from_numpy(labels["token_encodings"])
-    truth = torch.arange(len(names)).repeat_interleave(DRAWS_PER_CLASS)
     generator = torch.Generator().manual_seed(0)
     result = {}
     for candidates in (1, 2):
-        draws = model.sample(text.repeat_interleave(DRAWS_PER_CLASS, 0), tokens.repeat_interleave(DRAWS_PER_CLASS, 0),
-                             candidates=candidates, generator=generator)
-        similarity = F.normalize(draws, dim=-1) @ centroids.T
+        similarity, truth = draws_of_their_class(model, dataset, DRAWS_PER_CLASS, candidates, generator)
         result[f"nearest own class, {candidates} cand."] = f"{(similarity.argmax(1) == truth).float().mean():.0%}"
         result[f"cosine with own class, {candidates} cand."] = f"{similarity[torch.arange(len(truth)), truth].mean():.3f}"
-    clean = centroids * model.config.image_embed_scale
+    labels = dataset.labels()
+    text = torch.from_numpy(labels["text_embeddings"])
+    tokens = torch.from_numpy(labels["token_encodings"])
+    clean = label_image_means(dataset) * model.config.image_embed_scale
     for step in (700, 900, 984):
         abar = model.noise_scheduler.alphas_cumprod[step]
         noisy = abar.sqrt() * clean + (1 - abar).sqrt() * torch.randn(clean.shape, generator=generator)
         with torch.no_grad():
-            estimate = model.net(noisy, torch.full((len(names),), step), F.normalize(text, dim=-1), tokens)
+            estimate = model.net(noisy, torch.full((len(clean),), step), F.normalize(text, dim=-1), tokens)
         result[f"x0 cosine at t={step}"] = f"{F.cosine_similarity(estimate, clean).mean():.3f}"
     return result
 
@@ -78,8 +70,8 @@ def main() -> None:
             task = PriorTask(dataset, PriorConfig.preset("tiny"))
             if start.startswith("1.1.0"):  # the bias as the same seed drew it, before PriorTask zeroed it
                 torch.manual_seed(recipe.seed)
-                drawn = DiffusionPrior(task.model.config).net.causal_transformer.rel_pos_bias
-                task.model.net.causal_transformer.rel_pos_bias.load_state_dict(drawn.state_dict())
+                with torch.no_grad():
+                    task.model.position_bias.copy_(DiffusionPrior(task.model.config).position_bias)
             row = {"text gradient at t=999, fresh": f"{text_gradient(task):.3g}"}
             began = time.perf_counter()
             checkpoint = train(task, TrainConfig(steps=recipe.prior_steps, batch_size=recipe.prior_batch,

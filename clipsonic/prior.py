@@ -404,6 +404,11 @@ class DiffusionPrior(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.net.learned_query.dtype
 
+    @property
+    def position_bias(self) -> torch.Tensor:
+        """The T5 relative-position bias table [buckets, heads] (the attention multiplies it by 128)."""
+        return self.net.causal_transformer.rel_pos_bias.relative_attention_bias.weight
+
 
 def text_condition(clip, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What the prior reads from CLIP: the text embedding [B, D] (L2-normalised) and the

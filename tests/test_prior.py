@@ -11,7 +11,7 @@ from clipsonic import clip, prior
 from clipsonic.checkpoint import load_checkpoint
 from clipsonic.data import Dataset
 from clipsonic.errors import CheckpointError, ConfigError
-from clipsonic.train.prior import PriorTask
+from clipsonic.train.prior import PriorTask, draws_of_their_class
 from clipsonic.train.loop import TrainConfig, train
 from conftest import FIXTURES
 from seeded import seeded_state_dict
@@ -223,24 +223,14 @@ def test_train_prior_under_torchrun(toy, tmp_path):
     assert [(e["step"], e["identical_ranks"]) for e in events if e.get("event") == "checkpoint"] == [(2, 2), (3, 2)]
 
 
-
 def test_trained_prior_follows_its_text(toy, tmp_path):
     torch.manual_seed(0)
     task = PriorTask(Dataset(toy, split="train"), prior.PriorConfig.preset("tiny"))
     train(task, TrainConfig(steps=300, batch_size=32, lr=1e-3, weight_decay=0.06, ema_decay=0.99, save_every=10_000,
                             keep=0, seed=0), tmp_path, progress=False)
-    model = prior.load_prior(tmp_path / "checkpoint.pt")
-    dataset = Dataset(toy, split="train")
-    labels = dataset.labels()
-    names = [str(name) for name in labels["labels"]]
-    centroids = torch.nn.functional.normalize(torch.stack([
-        torch.from_numpy(np.concatenate([dataset.image_embeddings(r) for r in dataset.records if r.label == name])).mean(0)
-        for name in names]), dim=-1)
-    text = torch.from_numpy(labels["text_embeddings"]).repeat_interleave(8, 0)
-    tokens = torch.from_numpy(labels["token_encodings"]).repeat_interleave(8, 0)
-    draws = model.sample(text, tokens, candidates=1, generator=torch.Generator().manual_seed(1))
-    similarity = torch.nn.functional.normalize(draws, dim=-1) @ centroids.T
-    assert torch.equal(similarity.argmax(dim=1), torch.arange(len(names)).repeat_interleave(8))
+    similarity, truth = draws_of_their_class(prior.load_prior(tmp_path / "checkpoint.pt"), Dataset(toy, split="train"),
+                                             per_label=8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(similarity.argmax(dim=1), truth)
     assert similarity.max(dim=1).values.min() > 0.95
 
 
@@ -251,7 +241,7 @@ def test_a_new_training_prior_reads_its_text_at_the_highest_noise_level(toy):
     # embedding either). PriorTask starts the bias at zero.
     torch.manual_seed(0)
     model = PriorTask(Dataset(toy, split="train"), prior.PriorConfig.preset("tiny")).model.eval()
-    assert not model.net.causal_transformer.rel_pos_bias.relative_attention_bias.weight.any()
+    assert not model.position_bias.any()
     text = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1).requires_grad_()
     output = model.net(torch.randn(4, 16), torch.full((4,), 999), text, torch.randn(4, 77, 16))
     (gradient,) = torch.autograd.grad(output.square().sum(), text)

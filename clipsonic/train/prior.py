@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from clipsonic.data import Dataset
 from clipsonic.errors import ClipsonicError
@@ -47,7 +48,7 @@ class PriorTask(Task):
         # softmax (no gradient), and a shallow net never reaches the text. The demo's 2-layer prior
         # trained that way ignored its text (draws of the right class: 13 %; started at zero: 100 %).
         with torch.no_grad():
-            self.model.net.causal_transformer.rel_pos_bias.relative_attention_bias.weight.zero_()
+            self.model.position_bias.zero_()
 
     def loss(self, model: torch.nn.Module, context: StepContext) -> torch.Tensor:
         picks = epoch_indices(len(self.records), context.batch_size, context.step, context.rank, context.world,
@@ -68,3 +69,25 @@ class PriorTask(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return PriorCheckpointInfo("trained", self.dataset.info.get("clip"), self.dataset.text_template).to_extra()
+
+
+def label_image_means(dataset: Dataset) -> torch.Tensor:
+    """Each label's mean image embedding [L, D] (frames normalised, then the mean), in labels.npz order."""
+    names = [str(name) for name in dataset.labels()["labels"]]
+    return F.normalize(torch.stack([F.normalize(torch.from_numpy(np.concatenate(
+        [dataset.image_embeddings(r) for r in dataset.records if r.label == name])), dim=-1).mean(0) for name in names]),
+        dim=-1)
+
+
+def draws_of_their_class(model: DiffusionPrior, dataset: Dataset, per_label: int = 16, candidates: int = 1,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether a prior follows its text: `per_label` draws for each label text of `dataset`, their
+    cosine with every label's mean image embedding [L * per_label, L], and each draw's label index
+    [L * per_label]. A draw is of its class when its row's maximum is at its label."""
+    labels = dataset.labels()
+    means = label_image_means(dataset)
+    text = torch.from_numpy(np.asarray(labels["text_embeddings"], dtype=np.float32))
+    tokens = torch.from_numpy(np.asarray(labels["token_encodings"], dtype=np.float32))
+    draws = model.sample(text.repeat_interleave(per_label, 0), tokens.repeat_interleave(per_label, 0),
+                         candidates=candidates, generator=generator)
+    return F.normalize(draws, dim=-1) @ means.T, torch.arange(len(means)).repeat_interleave(per_label)
