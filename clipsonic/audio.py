@@ -154,15 +154,32 @@ def mel_to_linear(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iteratio
     return linear
 
 
+def _rescale_to_mel(linear: torch.Tensor, target: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """`linear` [B, bins, F] with each bin scaled by the mean ratio, over the bands it feeds
+    (weighted by the filterbank), of the `target` mel to its own mel: the shape within a band
+    is kept, the band's sum moves onto the target (one Richardson-Lucy step)."""
+    ratio = target / (basis @ linear).clamp(min=MAGNITUDE_EPS)
+    return linear * (basis.T @ ratio) / basis.sum(dim=0)[:, None].clamp(min=MAGNITUDE_EPS)
+
+
 def griffin_lim(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations: int = 64,
-                momentum: float = 0.99, seed: int = 0) -> torch.Tensor:
+                momentum: float = 0.99, seed: int = 0, refit: bool = True) -> torch.Tensor:
     """Waveform [B, F * hop] from a log-mel [B, n_mels, F] (or [n_mels, F] -> [F * hop]).
 
     Fast Griffin-Lim (Perraudin et al., 2013): the projection onto consistent spectrograms is
     extrapolated with `momentum`; phases start random from `seed`, so output is reproducible.
+    The magnitudes are not held at one inversion of the mel: a mel band sums the magnitudes of
+    many STFT bins, so it does not say how a partial's energy is spread among them, and a fixed
+    inversion spreads it evenly; that spectrogram has no consistent phases, the overlap-add
+    cancels part of it, and tonal sounds came out up to 3 dB quiet (BENCHMARKS.md, *mel-consistent
+    Griffin-Lim*). So every iteration refits the rebuilt spectrogram's own magnitudes to the mel,
+    keeping the shape within each band that consistency gives them (``refit=False``: the
+    classic algorithm, magnitudes fixed at `mel_to_linear`'s, kept for comparison).
     """
     squeeze = log_mel.dim() == 2
     batch = log_mel[None] if squeeze else log_mel
+    target = torch.exp(batch.float())
+    basis = mel_basis(config, batch.device)
     magnitude = mel_to_linear(batch, config)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * 2 * math.pi
@@ -173,6 +190,8 @@ def griffin_lim(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations
         angles = rebuilt - previous * (momentum / (1 + momentum))
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
+        if refit:
+            magnitude = _rescale_to_mel(rebuilt.abs().clamp(min=MAGNITUDE_EPS), target, basis)
     wav = istft(magnitude * angles, config)
     return wav[0] if squeeze else wav
 

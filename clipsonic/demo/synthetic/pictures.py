@@ -445,7 +445,7 @@ def _fire_moving(f: _Frame, p: dict, t: float) -> None:
 
 def _phone_moving(f: _Frame, p: dict, t: float) -> None:
     c = p["colours"]
-    ringing = ((t + p["ring_offset"]) % p["cycle"]) < 1.0
+    ringing = ((t + p["ring_offset"]) % p["cycle"]) < p["ring"]
     shake = 0.025 * math.sin(2 * math.pi * 9.3 * t) if ringing else 0.0  # it rattles while it rings
     x, y = f.x + shake, f.y
     f.paint(_segment(x, y, 0.42, 0.3, 0.75, 0.7, 0.015), c["cord"])
@@ -568,7 +568,8 @@ def _class_params(label: str, rng: np.random.Generator) -> dict:
         return dict(flames=[(u(-0.25, 0.25), u(0.2, 0.38), u(1.2, 2.8), u(0, 2 * math.pi))
                             for _ in range(int(rng.integers(3, 6)))])
     if label == "phone":
-        return dict(ring_offset=u(0, 3), cycle=u(2.6, 3.4), **waves)
+        ring = u(0.3, 0.5)  # the mobile ring of the sound track: 0.3-0.5 s on, 0.15-0.3 s off
+        return dict(ring_offset=u(0, 1), ring=ring, cycle=ring + u(0.15, 0.3), **waves)
     if label == "horn":
         return dict(facing=1.0 if rng.random() < 0.5 else -1.0, lane_offset=u(0, 0.5), drive_phase=u(0, 2 * math.pi),
                     honk_phase=u(0, 2), honk_cycle=u(1.2, 2.2), **waves)

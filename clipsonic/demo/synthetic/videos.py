@@ -29,7 +29,7 @@ ENCODED_PEAK_LIMIT = 0.95  # the decoded sound track's peak must stay under this
 FPS = 4  # `preprocess` samples about one frame a second; 4 fps still shows motion and encodes fast
 SETTINGS_NAME = "demo_data.json"
 SETTINGS_FORMAT = "clipsonic.demo-data"
-SETTINGS_VERSION = 2  # bump whenever synthesis changes, so an old folder is not resumed with new clips
+SETTINGS_VERSION = 3  # bump whenever synthesis changes, so an old folder is not resumed with new clips
 
 
 # ----------------------------------------------------------------------------------------------
