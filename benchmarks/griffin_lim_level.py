@@ -1,7 +1,7 @@
 """What Griffin-Lim does to the level and peak of each demo class (the [demo] issue).
 
 For every class of the demo data, `--clips` clips of `--seconds` s straight from the synthesizer
-(no AAC) are turned into the demo UNet's log-mel (16 kHz, n_fft 2048, hop 512, 64 bands) and back
+(no AAC) are turned into the demo UNet's log-mel (the paper's settings: 16 kHz, n_fft 2048, hop 512, 64 bands) and back
 by Griffin-Lim, twice: the classic algorithm (magnitudes fixed at one inversion of the mel,
 ``refit=False``) and ours (the rebuilt magnitudes refitted to the mel every iteration). Per class
 it prints the median over the clips of the level change (dB), the peak ratio, and the mean
@@ -16,10 +16,9 @@ import time
 import numpy as np
 import torch
 
-from clipsonic.audio import MelConfig, griffin_lim, mel_spectrogram
+from clipsonic.audio import PAPER_MEL, griffin_lim, mel_spectrogram
 from clipsonic.demo.synthetic import CLASSES, synthesize_audio
 
-DEMO_MEL = MelConfig(sample_rate=16000, n_fft=2048, win_size=2048, hop_size=512, n_mels=64, fmin=0.0, fmax=8000.0)
 ALGORITHMS = {"classic": False, "refit": True}
 
 
@@ -39,16 +38,16 @@ def main() -> None:
     for label in CLASSES:
         rng = np.random.default_rng(args.seed)
         real = np.stack([synthesize_audio(label, rng, args.seconds) for _ in range(args.clips)])
-        log_mel = mel_spectrogram(torch.from_numpy(real), DEMO_MEL)
+        log_mel = mel_spectrogram(torch.from_numpy(real), PAPER_MEL)
         cells = []
         for name, refit in ALGORITHMS.items():
             started = time.perf_counter()
-            rebuilt = griffin_lim(log_mel, DEMO_MEL, refit=refit).numpy()
+            rebuilt = griffin_lim(log_mel, PAPER_MEL, refit=refit).numpy()
             seconds[name] += time.perf_counter() - started
             original = real[:, :rebuilt.shape[1]]
             level = np.median([level_db(a) - level_db(b) for a, b in zip(rebuilt, original)])
             peak = np.median(np.abs(rebuilt).max(axis=1) / np.abs(original).max(axis=1))
-            error = (mel_spectrogram(torch.from_numpy(rebuilt), DEMO_MEL) - log_mel).abs().mean().item()
+            error = (mel_spectrogram(torch.from_numpy(rebuilt), PAPER_MEL) - log_mel).abs().mean().item()
             cells.append(f"{level:+.2f}, {peak:.2f}, {error:.3f}")
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
     print("time for all clips: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))

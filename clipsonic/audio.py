@@ -139,13 +139,9 @@ def mel_spectrogram(wav: torch.Tensor, config: MelConfig = PAPER_MEL) -> torch.T
     return log_mel[0] if squeeze else log_mel
 
 
-def mel_to_linear(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations: int = 32) -> torch.Tensor:
-    """Non-negative linear magnitudes [B, n_fft//2 + 1, F] whose mel projection fits `log_mel`.
-
-    Multiplicative non-negative least-squares updates, started from the transposed filterbank.
-    """
-    target = torch.exp(log_mel.float())
-    basis = mel_basis(config, log_mel.device)
+def _fit_to_mel(target: torch.Tensor, basis: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Non-negative least squares for ``basis @ linear == target`` by multiplicative updates,
+    started from the transposed filterbank."""
     gram = basis.T @ basis
     projected = basis.T @ target
     linear = projected.clamp(min=MAGNITUDE_EPS)
@@ -154,12 +150,12 @@ def mel_to_linear(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iteratio
     return linear
 
 
-def _rescale_to_mel(linear: torch.Tensor, target: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """`linear` [B, bins, F] with each bin scaled by the mean ratio, over the bands it feeds
-    (weighted by the filterbank), of the `target` mel to its own mel: the shape within a band
-    is kept, the band's sum moves onto the target (one Richardson-Lucy step)."""
-    ratio = target / (basis @ linear).clamp(min=MAGNITUDE_EPS)
-    return linear * (basis.T @ ratio) / basis.sum(dim=0)[:, None].clamp(min=MAGNITUDE_EPS)
+def mel_to_linear(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations: int = 32) -> torch.Tensor:
+    """Non-negative linear magnitudes [B, n_fft//2 + 1, F] whose mel projection fits `log_mel`.
+
+    Multiplicative non-negative least-squares updates, started from the transposed filterbank.
+    """
+    return _fit_to_mel(torch.exp(log_mel.float()), mel_basis(config, log_mel.device), iterations)
 
 
 def griffin_lim(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations: int = 64,
@@ -180,7 +176,11 @@ def griffin_lim(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations
     batch = log_mel[None] if squeeze else log_mel
     target = torch.exp(batch.float())
     basis = mel_basis(config, batch.device)
-    magnitude = mel_to_linear(batch, config)
+    magnitude = _fit_to_mel(target, basis, iterations=32)  # as mel_to_linear
+    # The refit: each bin moves by the filterbank-weighted mean, over the bands it feeds, of the
+    # target mel's ratio to the rebuilt one (one Richardson-Lucy step), so a band's sum moves onto
+    # the target and the shape within it is kept.
+    spread = basis.T / basis.sum(dim=0)[:, None].clamp(min=MAGNITUDE_EPS)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * 2 * math.pi
     angles = torch.polar(torch.ones_like(magnitude), phase)
@@ -191,7 +191,8 @@ def griffin_lim(log_mel: torch.Tensor, config: MelConfig = PAPER_MEL, iterations
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
         if refit:
-            magnitude = _rescale_to_mel(rebuilt.abs().clamp(min=MAGNITUDE_EPS), target, basis)
+            rebuilt_magnitude = rebuilt.abs().clamp(min=MAGNITUDE_EPS)
+            magnitude = rebuilt_magnitude * (spread @ (target / (basis @ rebuilt_magnitude).clamp(min=MAGNITUDE_EPS)))
     wav = istft(magnitude * angles, config)
     return wav[0] if squeeze else wav
 
