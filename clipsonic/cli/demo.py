@@ -13,9 +13,11 @@ from clipsonic.errors import ClipsonicError
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     data = commands.add_parser("make-demo-data", parents=[common], formatter_class=help_formatter,
-                               help="write the synthetic audio-visual demo dataset (8 classes of videos + labels.csv)",
-                               description="Write procedural videos of 8 sound classes (rain, bell, bird, engine, "
-                                           "drum, siren, wind, clock: 224x224 at 4 fps, 16 kHz mono, 4-10 s) whose "
+                               help="write the synthetic audio-visual demo dataset (videos of the demo's sound classes "
+                                    "+ labels.csv)",
+                               description="Write procedural videos of the demo's sound classes (the vocabulary of "
+                                           "the shipped bundle, listed by `clipsonic demo`: rain, bell, bird, ...; "
+                                           "224x224 at 4 fps, 16 kHz mono, 4-10 s) whose "
                                            "pictures and sounds both tell the class, and OUT/labels.csv "
                                            "(file,label,split; the last 20% of each class is test). Deterministic "
                                            "for a --seed; re-running keeps finished videos.")
