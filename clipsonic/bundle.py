@@ -11,6 +11,8 @@ Layout::
     vocoder.pt    optional: a BigVGAN (ours, or NVIDIA's converted); without it, Griffin-Lim
     vggish.pt     optional: the audio embedding `eval`'s FAD uses when no --vggish is given (ours:
                   the demo bundle's VGGish trained on its own classes; torchvggish's converted)
+    tta.pt        optional: a UNet trained on text embeddings (`train --cond clip-text` or
+                  clap-text), `eval`'s CLIP-TTA / CLAP-TTA baseline row when no --tta-checkpoint is given
 
 Each file's sha256 is checked against bundle.json when the bundle is opened: a changed or
 damaged file is an error naming it. A folder without bundle.json (assembled by hand before
@@ -46,7 +48,8 @@ BUNDLE_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 # role -> file name in the folder; clip and unet are required
 FILES = {"clip": "clip.pt", "unet": "unet.pt", "prior": "prior.pt", "vocoder": "vocoder.pt",
-         "vggish": "vggish.pt"}  # vggish: an audio embedding for `eval` (the demo bundle's own)
+         "vggish": "vggish.pt",  # vggish: an audio embedding for `eval` (the demo bundle's own)
+         "tta": "tta.pt"}  # tta: a text-conditioned UNet, `eval`'s baseline row
 REQUIRED = ("clip", "unet")
 
 
@@ -207,11 +210,27 @@ def load_models(bundle: Bundle | None = None, *, clip=None, unet=None, prior=Non
     return clip_model, spectrogram, prior_model, vocoder_model
 
 
+def load_tta(path: str | os.PathLike, clip_model, dtype=None, device="cpu"):
+    """The text-conditioned baseline UNet in `path` (CLIP-TTA or CLAP-TTA), checked to be one and,
+    for CLIP-TTA, to be conditioned on `clip_model`'s embeddings."""
+    from clipsonic.unet import load_unet
+    from clipsonic.variants import CLAP_TEXT, TEXT
+
+    unet = load_unet(path, dtype=dtype, device=device)
+    if unet.condition not in (TEXT, CLAP_TEXT):
+        raise ClipsonicError(f"{path}: not a text-conditioned UNet (train --cond clip-text or clap-text); "
+                             f"it was trained on {unet.condition} embeddings")
+    if unet.condition == TEXT and unet.embed_dim != clip_model.config.embed_dim:
+        raise ClipsonicError(f"{path}: trained on {unet.embed_dim}-d CLIP text embeddings, but the CLIP's are "
+                             f"{clip_model.config.embed_dim}-d: use the CLIP it was trained with")
+    return unet
+
+
 def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.PathLike, *,
                 prior: str | os.PathLike | None = None, prior_config: str | os.PathLike | None = None,
                 vocoder: str | os.PathLike | None = None, vocoder_config: str | os.PathLike | None = None,
-                vggish: str | os.PathLike | None = None, vocabulary: Vocabulary | None = None,
-                guidance: float | None = None) -> Bundle:
+                vggish: str | os.PathLike | None = None, tta: str | os.PathLike | None = None,
+                vocabulary: Vocabulary | None = None, guidance: float | None = None) -> Bundle:
     """Build the bundle `out` from checkpoints in any layout the loaders read: CLIP, prior and
     vocoder converted to ours (each reloaded and compared tensor by tensor), the UNet's training
     checkpoint stripped to what sampling needs. An existing bundle in `out` is replaced at once."""
@@ -249,8 +268,12 @@ def make_bundle(out: str | os.PathLike, clip: str | os.PathLike, unet: str | os.
             model = load_vggish(vggish)
             verify_reload(model, load_vggish(save_vggish(staging / FILES["vggish"], model)), staging / FILES["vggish"],
                           vggish)
-        load_models(Bundle(staging, {role: staging / name for role, name in FILES.items()
-                                     if (staging / name).is_file()}))
+        if tta is not None:
+            export_for_sampling(tta, staging / FILES["tta"], "unet")
+        clip_model = load_models(Bundle(staging, {role: staging / name for role, name in FILES.items()
+                                                  if (staging / name).is_file()}))[0]
+        if tta is not None:
+            load_tta(staging / FILES["tta"], clip_model)
         write_manifest(staging, vocabulary, guidance)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -204,6 +204,6 @@ def test_retrain_smoke_builds_a_bundle(tmp_path):
     assert "| class | SD correct | SD level | SD IQR | SD clipped | IQ correct |" in done.stdout
     assert "level (SD and IQ, every class" in done.stdout and "demo FAD against the held-out real clips" in done.stdout
     summary = json.loads((tmp_path / "bundle" / "demo.json").read_text())
-    assert summary["recipe"]["clip_steps"] == 4 and set(summary["seconds"]) >= {"clip", "unet", "prior"}
-    assert sorted(open_bundle(tmp_path / "bundle").files) == ["clip", "prior", "unet", "vggish"]
+    assert summary["recipe"]["clip_steps"] == 4 and set(summary["seconds"]) >= {"clip", "unet", "clip-tta", "prior"}
+    assert sorted(open_bundle(tmp_path / "bundle").files) == ["clip", "prior", "tta", "unet", "vggish"]
     assert (manifest.shipped_folder() / "manifest.json").read_bytes() == before  # only the shipped bundle pins

@@ -66,6 +66,40 @@ def test_videos_to_evaluation(tmp_path):
     missing = run("eval", "fad", tmp_path / "nowhere", out / "samples", "--vggish", vggish_path, check=False)
     assert missing.returncode == 1 and "nowhere: not a folder" in missing.stderr
 
+    # The CLIP-TTA baseline: a text-conditioned UNet in a bundle is eval's tta row with no --tta-checkpoint.
+    run("train", data, "--out", tmp_path / "tta", "--preset", "tiny", "--steps", 3, "--batch-size", 2,
+        "--save-every", 3, "--text-cond", "--no-progress")
+    bundle = tmp_path / "bundle"
+    wrong = run("bundle", "make", bundle, "--clip", clip_path, "--unet", tmp_path / "unet" / "checkpoint.pt",
+                "--tta", tmp_path / "unet" / "checkpoint.pt", check=False)
+    assert wrong.returncode == 1 and "not a text-conditioned UNet" in wrong.stderr and not bundle.exists()
+    run("bundle", "make", bundle, "--clip", clip_path, "--unet", tmp_path / "unet" / "checkpoint.pt",
+        "--prior", tmp_path / "prior" / "checkpoint.pt", "--tta", tmp_path / "tta" / "checkpoint.pt")
+    assert (bundle / "tta.pt").is_file() and run("bundle", "verify", bundle).returncode == 0
+    baseline = run("eval", data, "--bundle", bundle, "--vggish", vggish_path, "--variants", "tta,sd", "--samples", 4,
+                   "--batch", 4, "--steps", 2, "--seconds", 1, "--no-reconstruction", "--out", tmp_path / "eval-tta",
+                   "--no-progress")
+    assert "the baseline row from the bundle's own text-conditioned UNet" in baseline.stderr
+    rows = json.loads((tmp_path / "eval-tta" / "summary.json").read_text())["fad"]
+    assert {row["variant"] for row in rows} == {"tta", "sd"} and all(row["fad"] >= 0 for row in rows)
+    assert "| CLIP-TTA |" in (tmp_path / "eval-tta" / "table1.md").read_text()
+
+    # The CLAP-TTA baseline end to end: trained on the tiny CLAP's text embeddings, evaluated with its CLAP score.
+    from tiny_clap import save_tiny_clap
+
+    clap_file = save_tiny_clap(tmp_path / "clap")
+    run("train", data, "--out", tmp_path / "clap-tta", "--preset", "tiny", "--steps", 3, "--batch-size", 2,
+        "--save-every", 3, "--cond", "clap-text", "--clap", clap_file, "--no-progress")
+    run("eval", data, "--bundle", bundle, "--vggish", vggish_path, "--tta-checkpoint",
+        tmp_path / "clap-tta" / "checkpoint.pt", "--clap", clap_file, "--variants", "clap-tta", "--samples", 4,
+        "--batch", 4, "--steps", 2, "--seconds", 1, "--out", tmp_path / "eval-clap-tta", "--no-progress")
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "eval-clap-tta" / "summary.json").read_text())["fad"]}
+    assert set(rows) == {"clap-tta", "reconstruction"} and -1 <= rows["clap-tta"]["clap"] <= 1
+    assert rows["clap-tta"]["fad"] >= 0
+    clap_row = next(line for line in (tmp_path / "eval-clap-tta" / "table1.md").read_text().splitlines()
+                    if line.startswith("| CLAP-TTA"))
+    assert "n/a" not in clap_row
+
     # The CLAP column and Table 5, with a tiny random CLAP (LAION's weights are not here).
     from clipsonic.clap import CLAP, CLAPConfig, clap_score
     from clipsonic.data import Dataset

@@ -30,7 +30,7 @@ def test_wheel_contents(wheel):
                      "clipsonic/weights/manifest.json", "clipsonic/csrc/README.md", "clipsonic/csrc/anti_alias_cpu.cpp",
                      "clipsonic/csrc/anti_alias_cuda.cu", "clipsonic/csrc/anti_alias_cuda.cpp", "clipsonic/csrc/group_norm_cpu.cpp",
                      "clipsonic/assets/bpe_simple_vocab_16e6.txt.gz", "clipsonic/weights/demo/clip.pt",
-                     "clipsonic/weights/demo/unet.pt", "clipsonic/weights/demo/prior.pt",
+                     "clipsonic/weights/demo/unet.pt", "clipsonic/weights/demo/prior.pt", "clipsonic/weights/demo/tta.pt",
                      "clipsonic/weights/demo/demo.json"]:
         assert required in names, required
     packages = {str(path.parent.relative_to(ROOT)) for path in (ROOT / "clipsonic").rglob("__init__.py")}

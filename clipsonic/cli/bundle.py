@@ -30,6 +30,8 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     make.add_argument("--vocoder", type=Path, help="BigVGAN (from train-vocoder, or NVIDIA's bigvgan_generator.pt)")
     make.add_argument("--vocoder-config", type=Path, help="NVIDIA's config.json (default: beside --vocoder)")
     make.add_argument("--vggish", type=Path, help="an audio embedding for eval's FAD (torchvggish's or ours)")
+    make.add_argument("--tta", type=Path, help="a UNet from `train --cond clip-text` (or clap-text): eval's "
+                                               "CLIP-TTA (CLAP-TTA) baseline row")
     make.add_argument("--guidance", type=float, help="the guidance weight sample and eval use when given none "
                                                       "(default: none recorded, so the paper's 1.5)")
     make.set_defaults(handler=_bundle_make)
@@ -48,7 +50,7 @@ def _bundle_make(args: argparse.Namespace) -> int:
         args.usage_error(f"--guidance {args.guidance}: must be a non-negative number")
     made = make_bundle(args.out, args.clip, args.unet, prior=args.prior, prior_config=args.prior_config,
                        vocoder=args.vocoder, vocoder_config=args.vocoder_config, vggish=args.vggish,
-                       guidance=args.guidance)
+                       tta=args.tta, guidance=args.guidance)
     for role, path in made.files.items():
         print(f"{role:<8} {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"wrote    {made.folder / 'bundle.json'} (sha256 of each file, checked at every load)")
@@ -56,7 +58,7 @@ def _bundle_make(args: argparse.Namespace) -> int:
 
 
 def _bundle_verify(args: argparse.Namespace) -> int:
-    from clipsonic.bundle import load_models, open_bundle, shipped_bundle
+    from clipsonic.bundle import load_models, load_tta, open_bundle, shipped_bundle
 
     opened = open_bundle(args.folder or shipped_bundle())
     if not opened.verified:
@@ -64,6 +66,8 @@ def _bundle_verify(args: argparse.Namespace) -> int:
                              f"(make it with 'clipsonic bundle make')")
     for role, path in opened.files.items():
         print(f"{role:<8} ok  {path}")
-    load_models(opened)
+    clip_model = load_models(opened)[0]
+    if opened.path("tta") is not None:
+        load_tta(opened.path("tta"), clip_model)
     print(f"{opened.folder}: every file matches bundle.json and the models fit each other")
     return 0

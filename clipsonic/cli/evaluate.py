@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from clipsonic.cli.common import add_model_options, add_sampling_options, check_generation_settings, help_formatter, log, parse_floats
-from clipsonic.errors import ClipsonicError
 from clipsonic.variants import VARIANTS
 
 
@@ -24,7 +23,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     evaluation.add_argument("--out", type=Path, required=True, help="results folder")
     add_model_options(evaluation)
     evaluation.add_argument("--tta-checkpoint", type=Path, help="a UNet from `train --cond clip-text` (the CLIP-TTA row) "
-                                                                "or `--cond clap-text` (CLAP-TTA, with --clap)")
+                                                                "or `--cond clap-text` (CLAP-TTA, with --clap); default: "
+                                                                "the bundle's tta.pt when it has one (the demo bundle "
+                                                                "has a CLIP-TTA)")
     evaluation.add_argument("--vggish", type=Path, help="VGGish weights (torchvggish's vggish-10086976.pth; default: "
                                                         "the bundle's own vggish.pt (the demo bundle has one), else "
                                                         "from the user weights folder)")
@@ -61,9 +62,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 def _eval(args: argparse.Namespace) -> int:
     from clipsonic import runtime
     from clipsonic.data import Dataset
-    from clipsonic.bundle import shipped_bundle
+    from clipsonic.bundle import load_tta, open_bundle, shipped_bundle
     from clipsonic.eval.evaluate import EvalConfig, Evaluator, clap_path, evaluate, vggish_path
-    from clipsonic.variants import CLAP_TEXT, PRIOR_KINDS, TEXT
+    from clipsonic.variants import CLAP_TEXT, PRIOR_KINDS
     from clipsonic.pipeline import Pipeline
     from clipsonic.vggish import load_vggish
 
@@ -84,14 +85,11 @@ def _eval(args: argparse.Namespace) -> int:
     check_generation_settings(args, pipeline.spectrogram.diffusion_steps, weights)
     config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
                         seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
-    tta = None
-    if args.tta_checkpoint is not None:
-        from clipsonic.unet import load_unet
-
-        tta = load_unet(args.tta_checkpoint, dtype=dtype, device=device)
-        if tta.condition not in (TEXT, CLAP_TEXT):
-            raise ClipsonicError(f"--tta-checkpoint {args.tta_checkpoint}: not trained with --cond clip-text or "
-                                 f"clap-text")
+    tta_file = args.tta_checkpoint
+    if tta_file is None and bundle is not None and open_bundle(bundle).path("tta") is not None:
+        tta_file = open_bundle(bundle).path("tta")
+        log.info("the baseline row from the bundle's own text-conditioned UNet %s", tta_file)
+    tta = None if tta_file is None else load_tta(tta_file, pipeline.clip, dtype=dtype, device=device)
     clap = None
     clap_file = clap_path(args.clap)
     if clap_file is not None:

@@ -2,11 +2,12 @@
 
 The same steps a user takes on real videos: synthetic videos (`clipsonic.demo.synthetic`) -> a
 small CLIP trained contrastively on their pictures and captions -> `preprocess` -> the
-spectrogram UNet (`train`) -> the SD prior (`train-prior`), and beside them the demo VGGish
-(`clipsonic.demo.embedding`) -> a bundle (`clipsonic.bundle`: clip.pt, unet.pt, prior.pt,
-vggish.pt, bundle.json listing the sixteen sounds as its vocabulary and the guidance weight the
-gate measured) with demo.json (recipe, timings, gate). Griffin-Lim is its vocoder (see README: a BigVGAN small enough
-to train here did not beat it).
+spectrogram UNet (`train`) -> the CLIP-TTA baseline (`train --cond clip-text`) -> the SD prior
+(`train-prior`), and beside them the demo VGGish (`clipsonic.demo.embedding`) -> a bundle
+(`clipsonic.bundle`: clip.pt, unet.pt, tta.pt, prior.pt, vggish.pt, bundle.json listing the
+sixteen sounds as its vocabulary and the guidance weight the gate measured) with demo.json
+(recipe, timings, gate). Griffin-Lim is its vocoder (see README: a BigVGAN small enough to train
+here did not beat it).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     from clipsonic.train.prior import PriorTask
     from clipsonic.train.loop import CHECKPOINT_NAME, TrainConfig, train
     from clipsonic.unet import UNetConfig
+    from clipsonic.variants import TEXT
 
     work, out = Path(work), Path(out) if out is not None else shipped_bundle()
     work.mkdir(parents=True, exist_ok=True)
@@ -76,6 +78,17 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
                                  save_every=max(1, recipe.unet_steps // 4), **loop),
           unet_run, resume=(unet_run / CHECKPOINT_NAME).is_file(), progress=progress)
     stage("unet")
+    # The CLIP-TTA baseline: the UNet's recipe with the label's text embedding as its condition.
+    # Seeded like the prior, so that it does not depend on the stages before (or on resuming).
+    torch.manual_seed(recipe.seed)
+    tta_task = DiffusionTask(train_set, UNetConfig.preset(recipe.unet_preset),
+                             DiffusionTrainingConfig(crop_frames=recipe.crop_frames, prediction=recipe.unet_prediction,
+                                                     condition=TEXT))
+    tta_run = work / "tta"
+    train(tta_task, TrainConfig(steps=recipe.tta_steps, batch_size=recipe.unet_batch, lr=recipe.unet_lr,
+                                save_every=max(1, recipe.tta_steps // 4), **loop),
+          tta_run, resume=(tta_run / CHECKPOINT_NAME).is_file(), progress=progress)
+    stage("clip-tta")
     # The prior's initial weights are drawn from the recipe's seed, not from whatever state the
     # stages before left the generator in (which differs on resume). (With 1.1.0's drawn position
     # bias they decided whether the loss ever left the plateau of the mean embedding; `PriorTask`.)
@@ -104,7 +117,7 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     make_bundle(staging, clip_path, unet_run / CHECKPOINT_NAME, prior=prior_run / CHECKPOINT_NAME,
-                vggish=vggish_path, vocabulary=demo_vocabulary(), guidance=recipe.gate_guidance)
+                vggish=vggish_path, tta=tta_run / CHECKPOINT_NAME, vocabulary=demo_vocabulary(), guidance=recipe.gate_guidance)
     gate = quality_gate(load_for_gate(staging, recipe), recipe, progress=progress, vggish=gate_vggish(staging))
     stage("quality gate")
     summary = {"format": "clipsonic.demo", "version": 1, "recipe": recipe.to_dict(), "vocoder": "griffin-lim",
