@@ -22,7 +22,7 @@ def test_bundle_is_in_the_manifest_with_checksums_and_small():
     entries = manifest.load_manifest()
     total = 0
     bundle = open_bundle(shipped_bundle())  # every file checked against bundle.json
-    assert bundle.verified and sorted(bundle.files) == ["clip", "prior", "unet", "vggish"]
+    assert bundle.verified and sorted(bundle.files) == ["clip", "prior", "tta", "unet", "vggish"]
     assert bundle.vocabulary == demo_vocabulary()
     for role, path in bundle.files.items():
         entry = entries[f"demo-{role}"]
@@ -53,7 +53,7 @@ def test_recorded_quality_gate_is_a_complete_measurement():
     assert all(gate[v]["fad"] > 0 for v in ("sd", "iq", "zs", "real", "reconstruction"))
     real = gate["real"]  # the classifier on the data set's real clips: the ceiling
     assert real["samples_per_class"] == summary["recipe"]["clips_per_class"] and real["accuracy"] >= 0.95
-    assert set(summary["seconds"]) == {"synthetic data", "clip", "vggish", "preprocess", "unet", "prior",
+    assert set(summary["seconds"]) == {"synthetic data", "clip", "vggish", "preprocess", "unet", "clip-tta", "prior",
                                        "quality gate"}
 
 
