@@ -218,7 +218,7 @@ def load_tta(path: str | os.PathLike, clip_model, dtype=None, device="cpu"):
 
     unet = load_unet(path, dtype=dtype, device=device)
     if unet.condition not in (TEXT, CLAP_TEXT):
-        raise ClipsonicError(f"{path}: not a text-conditioned UNet (train --cond clip-text or clap-text); "
+        raise ClipsonicError(f"{path}: not a text-conditioned UNet (a CLIP-TTA or CLAP-TTA baseline); "
                              f"it was trained on {unet.condition} embeddings")
     if unet.condition == TEXT and unet.embed_dim != clip_model.config.embed_dim:
         raise ClipsonicError(f"{path}: trained on {unet.embed_dim}-d CLIP text embeddings, but the CLIP's are "
