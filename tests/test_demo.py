@@ -53,8 +53,8 @@ def test_recorded_quality_gate_is_a_complete_measurement():
     assert all(gate[v]["fad"] > 0 for v in ("sd", "iq", "zs", "real", "reconstruction"))
     real = gate["real"]  # the classifier on the data set's real clips: the ceiling
     assert real["samples_per_class"] == summary["recipe"]["clips_per_class"] and real["accuracy"] >= 0.95
-    assert set(summary["seconds"]) == {"synthetic data", "clip", "vggish", "preprocess", "unet", "clip-tta", "prior",
-                                       "quality gate"}
+    assert set(summary["seconds"]) == {"synthetic data", "clip", "vggish", "preprocess", "unet", "clip-tta",
+                                       "prior", "quality gate"}
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                                            "samples of each class must be recognised by a classifier fitted on "
                                            "held-out real clips, at least 13 of 16, at their level and nothing "
                                            "over full scale). --retrain rebuilds the bundle from nothing: synthetic "
-                                           "videos, contrastive CLIP, preprocess, UNet, CLIP-TTA UNet, prior, demo VGGish, "
-                                           "gate (about 52 min on 2 CPU cores).")
+                                           "videos, contrastive CLIP, preprocess, UNet, CLIP-TTA UNet, prior, demo "
+                                           "VGGish, gate (about 52 min on 2 CPU cores).")
     action = demo.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="measure the quality gate of the bundle again (and "
                                                              "record it in its demo.json)")

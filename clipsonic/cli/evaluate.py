@@ -86,9 +86,10 @@ def _eval(args: argparse.Namespace) -> int:
     config = EvalConfig(samples=args.samples, guidance=tuple(weights), sampler=args.sampler, steps=args.steps,
                         seconds=args.seconds, batch=args.batch, seed=args.seed if args.seed is not None else 0)
     tta_file = args.tta_checkpoint
-    if tta_file is None and bundle is not None and open_bundle(bundle).path("tta") is not None:
+    if tta_file is None and bundle is not None:
         tta_file = open_bundle(bundle).path("tta")
-        log.info("the baseline row from the bundle's own text-conditioned UNet %s", tta_file)
+        if tta_file is not None:
+            log.info("the baseline row from the bundle's own text-conditioned UNet %s", tta_file)
     tta = None if tta_file is None else load_tta(tta_file, pipeline.clip, dtype=dtype, device=device)
     clap = None
     clap_file = clap_path(args.clap)

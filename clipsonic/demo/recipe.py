@@ -54,9 +54,9 @@ class DemoRecipe(Config):
     gate_reference_clips: int = 32
 
     PRESETS = {"demo": {}, "smoke": {"clips_per_class": 3, "clip_steps": 4, "clip_batch": 8, "vggish_steps": 4,
-                                     "vggish_batch": 8, "unet_preset": "tiny", "unet_steps": 2, "unet_batch": 2, "tta_steps": 2,
-                                     "prior_steps": 2, "prior_batch": 4, "gate_samples": 1, "gate_seconds": 1.0,
-                                     "gate_steps": 2, "gate_reference_clips": 2}}
+                                     "vggish_batch": 8, "unet_preset": "tiny", "unet_steps": 2, "unet_batch": 2,
+                                     "tta_steps": 2, "prior_steps": 2, "prior_batch": 4, "gate_samples": 1,
+                                     "gate_seconds": 1.0, "gate_steps": 2, "gate_reference_clips": 2}}
 
 
 CAPTION_TEMPLATES = ("a photo of {label}", "a picture of {label}", "{label}", "a video frame of {label}")

@@ -44,7 +44,7 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     from clipsonic.train.prior import PriorTask
     from clipsonic.train.loop import CHECKPOINT_NAME, TrainConfig, train
     from clipsonic.unet import UNetConfig
-    from clipsonic.variants import TEXT
+    from clipsonic.variants import IMAGE, TEXT
 
     work, out = Path(work), Path(out) if out is not None else shipped_bundle()
     work.mkdir(parents=True, exist_ok=True)
@@ -70,24 +70,22 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
     train_set = Dataset(dataset_folder, split="train")
     loop = dict(weight_decay=0.0, ema_decay=recipe.ema, grad_clip=1.0, log_every=100, keep=0, seed=recipe.seed,
                 bf16=True)  # bfloat16 autocast: twice as fast on this kind of CPU
-    unet_task = DiffusionTask(train_set, UNetConfig.preset(recipe.unet_preset),
-                              DiffusionTrainingConfig(crop_frames=recipe.crop_frames,
-                                                      prediction=recipe.unet_prediction))
-    unet_run = work / "unet"
-    train(unet_task, TrainConfig(steps=recipe.unet_steps, batch_size=recipe.unet_batch, lr=recipe.unet_lr,
-                                 save_every=max(1, recipe.unet_steps // 4), **loop),
-          unet_run, resume=(unet_run / CHECKPOINT_NAME).is_file(), progress=progress)
+
+    def train_unet(run: Path, condition: str, steps: int) -> Path:
+        task = DiffusionTask(train_set, UNetConfig.preset(recipe.unet_preset),
+                             DiffusionTrainingConfig(crop_frames=recipe.crop_frames, prediction=recipe.unet_prediction,
+                                                     condition=condition))
+        train(task, TrainConfig(steps=steps, batch_size=recipe.unet_batch, lr=recipe.unet_lr,
+                                save_every=max(1, steps // 4), **loop),
+              run, resume=(run / CHECKPOINT_NAME).is_file(), progress=progress)
+        return run / CHECKPOINT_NAME
+
+    unet = train_unet(work / "unet", IMAGE, recipe.unet_steps)
     stage("unet")
     # The CLIP-TTA baseline: the UNet's recipe with the label's text embedding as its condition.
     # Seeded like the prior, so that it does not depend on the stages before (or on resuming).
     torch.manual_seed(recipe.seed)
-    tta_task = DiffusionTask(train_set, UNetConfig.preset(recipe.unet_preset),
-                             DiffusionTrainingConfig(crop_frames=recipe.crop_frames, prediction=recipe.unet_prediction,
-                                                     condition=TEXT))
-    tta_run = work / "tta"
-    train(tta_task, TrainConfig(steps=recipe.tta_steps, batch_size=recipe.unet_batch, lr=recipe.unet_lr,
-                                save_every=max(1, recipe.tta_steps // 4), **loop),
-          tta_run, resume=(tta_run / CHECKPOINT_NAME).is_file(), progress=progress)
+    tta = train_unet(work / "tta", TEXT, recipe.tta_steps)
     stage("clip-tta")
     # The prior's initial weights are drawn from the recipe's seed, not from whatever state the
     # stages before left the generator in (which differs on resume). (With 1.1.0's drawn position
@@ -116,8 +114,8 @@ def retrain(work: str | os.PathLike, out: str | os.PathLike | None = None, recip
 
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    make_bundle(staging, clip_path, unet_run / CHECKPOINT_NAME, prior=prior_run / CHECKPOINT_NAME,
-                vggish=vggish_path, tta=tta_run / CHECKPOINT_NAME, vocabulary=demo_vocabulary(), guidance=recipe.gate_guidance)
+    make_bundle(staging, clip_path, unet, prior=prior_run / CHECKPOINT_NAME, vggish=vggish_path, tta=tta,
+                vocabulary=demo_vocabulary(), guidance=recipe.gate_guidance)
     gate = quality_gate(load_for_gate(staging, recipe), recipe, progress=progress, vggish=gate_vggish(staging))
     stage("quality gate")
     summary = {"format": "clipsonic.demo", "version": 1, "recipe": recipe.to_dict(), "vocoder": "griffin-lim",
