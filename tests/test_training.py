@@ -326,3 +326,26 @@ def test_loop_options_come_from_train_config(command, expected):
     config, _ = _loop_config(args)
     base = TrainConfig(lr=1e-4, grad_clip=1.0, save_every=5000, keep=2, log_every=100, bf16=False)
     assert config == base.replace(**expected)
+
+
+def test_start_from_begins_a_new_run_with_a_trained_unets_weights(toy, tmp_path):
+    """A second phase on longer crops (what --resume refuses): the new run starts from the first
+    run's EMA weights, size and normalisation, and records its own crop."""
+    first = run_cli("train", str(toy), "--out", str(tmp_path / "short"), *TRAIN_ARGS, "--steps", "2",
+                    "--prediction", "v")
+    assert first.returncode == 0, first.stderr
+    start = tmp_path / "short" / "checkpoint.pt"
+    # With a zero learning rate and no averaging, one step leaves the starting weights as they were.
+    args = [*TRAIN_ARGS, "--crop-frames", "32", "--lr", "0", "--ema", "0", "--steps", "1", "--prediction", "v",
+            "--start-from", str(start)]
+    done = run_cli("train", str(toy), "--out", str(tmp_path / "long"), *args, "--preset", "paper")
+    assert done.returncode == 0, done.stderr
+    (weights, extra), (started, start_extra) = state_of(tmp_path / "long" / "checkpoint.pt"), state_of(start)
+    assert extra["training"]["crop_frames"] == 32 and extra["mel_norm"] == start_extra["mel_norm"]
+    assert weights.keys() == started.keys() and all(torch.equal(weights[k], started[k]) for k in weights)
+    other = run_cli("train", str(toy), "--out", str(tmp_path / "eps"), *args[:-4], "--start-from", str(start))
+    assert other.returncode == 1 and other.stderr.strip() == (
+        f"clipsonic: error: {start}: a UNet of another architecture, condition, normalisation or prediction "
+        f"than this training's; it cannot be its starting point")
+    both = run_cli("train", str(toy), "--out", str(tmp_path / "long"), *args, "--resume")
+    assert both.returncode == 2 and "--start-from begins a new run" in both.stderr

@@ -34,6 +34,10 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
                                                  "(630k-audioset-fusion-best.pt, or ours)")
     train.add_argument("--clap-tokenizer", type=Path, metavar="DIR",
                        help="folder with roberta-base's vocab.json and merges.txt (default: beside --clap)")
+    train.add_argument("--start-from", type=Path, metavar="CHECKPOINT",
+                       help="begin with a trained UNet's weights, size and normalisation (its condition and "
+                            "prediction must be the ones asked for): to go on with other settings, e.g. crops "
+                            "of the length you will generate, which --resume refuses")
     train.add_argument("--prediction", choices=("eps", "v"), default="eps",
                        help="what the UNet learns to predict: the noise (the paper's) or the velocity, "
                             "better conditioned at low SNR (the demo bundle's)")
@@ -95,7 +99,7 @@ def _add_loop_options(parser: argparse.ArgumentParser, **defaults) -> None:
 def _train(args: argparse.Namespace) -> int:
     from clipsonic.data import Dataset
     from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
-    from clipsonic.train.loop import saved_run, train
+    from clipsonic.train.loop import saved_checkpoint, saved_run, train
     from clipsonic.unet import UNetCheckpointInfo, UNetConfig
 
     if args.crop_frames < 1:
@@ -112,8 +116,12 @@ def _train(args: argparse.Namespace) -> int:
     config, device = _loop_config(args)
     settings = DiffusionTrainingConfig(crop_frames=args.crop_frames, cond_drop=args.cond_drop, condition=condition,
                                        prediction=args.prediction)
+    if args.start_from is not None and args.resume:
+        args.usage_error("--start-from begins a new run; --resume goes on with the one in --out (give one of them)")
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
     saved = saved_run(args.out, "unet") if args.resume else None
+    if args.start_from is not None:
+        saved = saved_checkpoint(args.start_from, "unet")
     if saved is not None:  # the model as it was built; the training options given must match (train checks)
         unet_config = UNetConfig.from_dict(saved.config)
         mel_norm = UNetCheckpointInfo.from_extra(saved.extra).mel_norm
@@ -124,6 +132,8 @@ def _train(args: argparse.Namespace) -> int:
         clap = load_clap(args.clap, args.clap_tokenizer)  # on the CPU: it embeds each label once
     task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm, clap)
     del clap
+    if args.start_from is not None:
+        task.start_from(args.start_from)
     log.info("training a %s-parameter UNet on %d clips of %s", parameter_count(task.model), len(task.records),
              args.dataset)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)

@@ -85,6 +85,20 @@ class DiffusionTask(Task):
         elif by_label:
             self._text = {label: dataset.text_embedding(label) for label in labels}
 
+    def start_from(self, checkpoint) -> None:
+        """Begin with a trained UNet's (EMA) weights instead of fresh ones: to go on training it with
+        other settings (e.g. longer crops, which a resumed run would refuse). Its architecture,
+        condition and normalisation must be this task's."""
+        from clipsonic.checkpoint import load_checkpoint, load_state_dict_strict
+
+        payload = load_checkpoint(checkpoint, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
+        info = UNetCheckpointInfo.from_extra(payload["extra"])
+        if payload["config"] != self.model.config.to_dict() or info.condition != self.settings.condition \
+                or info.mel_norm != self.mel_norm or info.prediction != self.diffusion.prediction.value:
+            raise ClipsonicError(f"{checkpoint}: a UNet of another architecture, condition, normalisation or "
+                                 f"prediction than this training's; it cannot be its starting point")
+        load_state_dict_strict(self.model, payload["state_dict"], checkpoint)
+
     def _condition(self, record, start: int) -> np.ndarray:
         if self.settings.condition != IMAGE:
             return self._text[record.label]
