@@ -345,7 +345,6 @@ def test_start_from_begins_a_new_run_with_a_trained_unets_weights(toy, tmp_path)
     assert weights.keys() == started.keys() and all(torch.equal(weights[k], started[k]) for k in weights)
     other = run_cli("train", str(toy), "--out", str(tmp_path / "eps"), *args[:-4], "--start-from", str(start))
     assert other.returncode == 1 and other.stderr.strip() == (
-        f"clipsonic: error: {start}: a UNet of another architecture, condition, normalisation or prediction "
-        f"than this training's; it cannot be its starting point")
+        f"clipsonic: error: {start}: its UNet has prediction='v', not 'eps'; it cannot start this training")
     both = run_cli("train", str(toy), "--out", str(tmp_path / "long"), *args, "--resume")
     assert both.returncode == 2 and "--start-from begins a new run" in both.stderr

@@ -24,7 +24,7 @@ from clipsonic.config import Config
 from clipsonic.data import Dataset
 from clipsonic.diffusion import GaussianDiffusion
 from clipsonic.errors import ClipsonicError, ParameterError
-from clipsonic.train.loop import StepContext, Task, epoch_indices
+from clipsonic.train.loop import StepContext, Task, epoch_indices, first_difference
 from clipsonic.unet import CHECKPOINT_KIND, CHECKPOINT_VERSION, MelNormalization, UNet, UNetCheckpointInfo, UNetConfig
 from clipsonic.variants import CLAP_TEXT, CONDITIONS, IMAGE, TEXT, VARIANTS, label_texts, query_embeddings
 
@@ -93,10 +93,14 @@ class DiffusionTask(Task):
 
         payload = load_checkpoint(checkpoint, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
         info = UNetCheckpointInfo.from_extra(payload["extra"])
-        if payload["config"] != self.model.config.to_dict() or info.condition != self.settings.condition \
-                or info.mel_norm != self.mel_norm or info.prediction != self.diffusion.prediction.value:
-            raise ClipsonicError(f"{checkpoint}: a UNet of another architecture, condition, normalisation or "
-                                 f"prediction than this training's; it cannot be its starting point")
+        theirs, ours = ({"model": config, "condition": condition, "mel_norm": norm.to_dict(), "prediction": prediction}
+                        for config, condition, norm, prediction in (
+                            (payload["config"], info.condition, info.mel_norm, info.prediction),
+                            (self.model.config.to_dict(), self.settings.condition, self.mel_norm,
+                             self.diffusion.prediction.value)))
+        difference = first_difference(theirs, ours)
+        if difference:
+            raise ClipsonicError(f"{checkpoint}: its UNet has {difference}; it cannot start this training")
         load_state_dict_strict(self.model, payload["state_dict"], checkpoint)
 
     def _condition(self, record, start: int) -> np.ndarray:
