@@ -99,7 +99,7 @@ def _add_loop_options(parser: argparse.ArgumentParser, **defaults) -> None:
 def _train(args: argparse.Namespace) -> int:
     from clipsonic.data import Dataset
     from clipsonic.train.unet import DiffusionTask, DiffusionTrainingConfig
-    from clipsonic.train.loop import saved_checkpoint, saved_run, train
+    from clipsonic.train.loop import saved_run, train
     from clipsonic.unet import UNetCheckpointInfo, UNetConfig
 
     if args.crop_frames < 1:
@@ -120,8 +120,6 @@ def _train(args: argparse.Namespace) -> int:
         args.usage_error("--start-from begins a new run; --resume goes on with the one in --out (give one of them)")
     unet_config, mel_norm = UNetConfig.preset(args.preset), None
     saved = saved_run(args.out, "unet") if args.resume else None
-    if args.start_from is not None:
-        saved = saved_checkpoint(args.start_from, "unet")
     if saved is not None:  # the model as it was built; the training options given must match (train checks)
         unet_config = UNetConfig.from_dict(saved.config)
         mel_norm = UNetCheckpointInfo.from_extra(saved.extra).mel_norm
@@ -130,10 +128,12 @@ def _train(args: argparse.Namespace) -> int:
         from clipsonic.clap import load_clap
 
         clap = load_clap(args.clap, args.clap_tokenizer)  # on the CPU: it embeds each label once
-    task = DiffusionTask(Dataset(args.dataset, split="train"), unet_config, settings, mel_norm, clap)
-    del clap
+    dataset = Dataset(args.dataset, split="train")
     if args.start_from is not None:
-        task.start_from(args.start_from)
+        task = DiffusionTask.starting_from(args.start_from, dataset, settings, clap)
+    else:
+        task = DiffusionTask(dataset, unet_config, settings, mel_norm, clap)
+    del clap
     log.info("training a %s-parameter UNet on %d clips of %s", parameter_count(task.model), len(task.records),
              args.dataset)
     path = train(task, config, args.out, resume=args.resume, device=device, progress=not args.no_progress)

@@ -87,13 +87,10 @@ def saved_run(out_dir: str | os.PathLike, kind: str) -> SavedRun | None:
     """The settings of the run in `out_dir` (None when it has no checkpoint yet): what a resumed
     run must be built with, whatever the caller's defaults are."""
     path = Path(out_dir) / CHECKPOINT_NAME
-    return saved_checkpoint(path, kind) if path.is_file() else None
-
-
-def saved_checkpoint(path: str | os.PathLike, kind: str) -> SavedRun:
-    """The settings one checkpoint of `kind` was trained with."""
+    if not path.is_file():
+        return None
     payload = load_checkpoint(path, kind)
-    return SavedRun(Path(path), payload["config"], payload["extra"].get("training"), payload["extra"])
+    return SavedRun(path, payload["config"], payload["extra"].get("training"), payload["extra"])
 
 
 def first_difference(before: Any, now: Any, where: str = "") -> str | None:

@@ -85,23 +85,25 @@ class DiffusionTask(Task):
         elif by_label:
             self._text = {label: dataset.text_embedding(label) for label in labels}
 
-    def start_from(self, checkpoint) -> None:
-        """Begin with a trained UNet's (EMA) weights instead of fresh ones: to go on training it with
-        other settings (e.g. longer crops, which a resumed run would refuse). Its architecture,
-        condition and normalisation must be this task's."""
+    @classmethod
+    def starting_from(cls, checkpoint, dataset: Dataset, settings: DiffusionTrainingConfig,
+                      clap=None) -> "DiffusionTask":
+        """A task that begins with a trained UNet's (EMA) weights, size and mel normalisation instead of
+        fresh ones: to go on training it with other settings (e.g. longer crops, which a resumed run
+        refuses). Its condition and prediction must be `settings`'."""
         from clipsonic.checkpoint import load_checkpoint, load_state_dict_strict
 
         payload = load_checkpoint(checkpoint, CHECKPOINT_KIND, max_version=CHECKPOINT_VERSION)
         info = UNetCheckpointInfo.from_extra(payload["extra"])
-        theirs, ours = ({"model": config, "condition": condition, "mel_norm": norm.to_dict(), "prediction": prediction}
-                        for config, condition, norm, prediction in (
-                            (payload["config"], info.condition, info.mel_norm, info.prediction),
-                            (self.model.config.to_dict(), self.settings.condition, self.mel_norm,
-                             self.diffusion.prediction.value)))
-        difference = first_difference(theirs, ours)
+        task = cls(dataset, UNetConfig.from_dict(payload["config"]), settings, info.mel_norm, clap)
+        # The model's config differs only where the task had to change it (another condition width).
+        difference = first_difference(
+            {"condition": info.condition, "prediction": info.prediction, "model": payload["config"]},
+            {"condition": settings.condition, "prediction": settings.prediction, "model": task.model.config.to_dict()})
         if difference:
             raise ClipsonicError(f"{checkpoint}: its UNet has {difference}; it cannot start this training")
-        load_state_dict_strict(self.model, payload["state_dict"], checkpoint)
+        load_state_dict_strict(task.model, payload["state_dict"], checkpoint)
+        return task
 
     def _condition(self, record, start: int) -> np.ndarray:
         if self.settings.condition != IMAGE:
